@@ -1,0 +1,86 @@
+"""Conversation history in OpenAI message form → the messages the chat template sees.
+
+Past assistant calls are re-rendered exactly as the model wrote them when we produced them (looked up by tool-call
+id), else in the canonical call syntax; tool results go under the configured role."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from toolace.errors import InputError
+
+from ..grammars.gbnf import render_calls
+
+MAX_REMEMBERED_CALLS = 4096  # tool-call ids whose raw text is kept for exact re-rendering (LRU)
+ROLES = ("system", "user", "assistant", "tool", "ipython")
+
+
+def call_id(raw: str, index: int) -> str:
+    return "call_" + hashlib.sha256(f"{index}:{raw}".encode()).hexdigest()[:24]
+
+
+class CallMemory:
+    """Remembers the raw assistant text behind each tool-call id we handed out."""
+
+    def __init__(self) -> None:
+        self._raw: OrderedDict[str, str] = OrderedDict()
+
+    def remember(self, ids: Sequence[str], raw: str) -> None:
+        for i in ids:
+            self._raw[i] = raw
+            self._raw.move_to_end(i)
+        while len(self._raw) > MAX_REMEMBERED_CALLS:
+            self._raw.popitem(last=False)
+
+    def lookup(self, ids: Sequence[str]) -> str | None:
+        raws = {self._raw.get(i) for i in ids}
+        return raws.pop() if len(raws) == 1 and None not in raws else None
+
+
+def _tool_calls(msg: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for tc in msg.get("tool_calls") or []:
+        fn = tc.get("function") if isinstance(tc, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise InputError("assistant tool_calls entries need function.name")
+        args = fn.get("arguments", "{}")
+        if isinstance(args, str):
+            try:
+                args = json.loads(args or "{}")
+            except json.JSONDecodeError:
+                raise InputError(f"tool call {fn['name']!r}: arguments are not JSON") from None
+        if not isinstance(args, dict):
+            raise InputError(f"tool call {fn['name']!r}: arguments must be an object")
+        out.append({"name": fn["name"], "arguments": args})
+    return out
+
+
+def to_template_messages(messages: Sequence[dict[str, Any]], tool_role: str,
+                         memory: CallMemory | None = None) -> list[dict[str, Any]]:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InputError("messages must be a non-empty list")
+    out: list[dict[str, Any]] = []
+    for n, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
+            raise InputError(f"message {n}: role must be one of {', '.join(ROLES)}")
+        role, content = msg["role"], msg.get("content")
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        if content is not None and not isinstance(content, str):
+            raise InputError(f"message {n}: content must be a string")
+        if role == "assistant" and msg.get("tool_calls"):
+            ids = [tc.get("id", "") for tc in msg["tool_calls"] if isinstance(tc, dict)]
+            content = (memory.lookup(ids) if memory else None) or render_calls(_tool_calls(msg))
+        if role in ("tool", "ipython"):
+            role = tool_role
+        out.append({"role": role, "content": content or ""})
+    return out
+
+
+def default_tool_role(template_source: str) -> str:
+    """What the chat template supports: 'ipython' for Llama-3.1-style templates, else 'tool'."""
+    return "ipython" if "ipython" in template_source and "'tool'" not in template_source else "tool"

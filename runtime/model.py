@@ -1,0 +1,200 @@
+"""A llama.cpp model and its one context: loading, tokens, prefix-reusing evaluation, logits, KV state files.
+
+Built on llama-cpp-python's `Llama` for loading and batching; decoding is ours (runtime/generate.py)."""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+from toolace.errors import GenerationError, ModelFileError
+from toolace.limits import DEFAULT_N_CTX, MAX_N_CTX
+
+from .prompt import LLAMA3_TEMPLATE, ChatTemplate, Segment
+
+
+def default_threads() -> int:
+    """All cores on small machines; half (the physical cores, usually) on larger ones."""
+    n = os.cpu_count() or 1
+    return n if n <= 4 else n // 2
+
+
+def resolve_gpu_layers(n_gpu_layers: int | str) -> int:
+    """'auto' → every layer when llama.cpp was built with GPU offload (CUDA/Metal), else CPU only."""
+    if n_gpu_layers == "auto":
+        return -1 if llama_cpp.llama_supports_gpu_offload() else 0
+    try:
+        return int(n_gpu_layers)
+    except ValueError:
+        raise ModelFileError(f"n_gpu_layers must be 'auto' or an integer, got {n_gpu_layers!r}") from None
+
+
+class Model:
+    """One GGUF loaded into llama.cpp with one context. Not thread-safe: callers serialise use."""
+
+    def __init__(self, path: str | Path, n_ctx: int = DEFAULT_N_CTX, n_gpu_layers: int | str = "auto",
+                 n_threads: int | None = None, n_batch: int = 512) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelFileError(f"model file not found: {self.path}")
+        if not 16 <= n_ctx <= MAX_N_CTX:
+            raise ModelFileError(f"n_ctx must be between 16 and {MAX_N_CTX}, got {n_ctx}")
+        try:  # INTEGRATION-PENDING
+            from ..convert.gguf_check import check_gguf  # refuse crafted files before llama.cpp parses them
+            check_gguf(self.path)
+        except ImportError:
+            pass
+        self.n_gpu_layers = resolve_gpu_layers(n_gpu_layers)
+        try:
+            self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_gpu_layers=self.n_gpu_layers,
+                                       n_threads=n_threads or default_threads(), n_batch=n_batch, verbose=False)
+        except (ValueError, RuntimeError) as e:
+            raise ModelFileError(f"llama.cpp could not load {self.path}: {e}") from None
+        self.ctx = self.llm._ctx.ctx
+        self.vocab = self.llm._model.vocab
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx = self.llm.n_ctx()
+        self.metadata: dict[str, Any] = dict(self.llm.metadata)
+        self._pieces: dict[tuple[int, bool], bytes] = {}
+        self.eog_ids = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t))
+        self.bos_id = int(llama_cpp.llama_vocab_bos(self.vocab))
+        self._tokens: list[int] = []  # what the KV cache holds, in order
+        self._lltokenizer: Any = None
+        self._pieces: dict[tuple[int, bool], bytes] = {}
+
+    # --- text <-> tokens ------------------------------------------------------------------------------------------
+    def token_text(self, token: int, special: bool = True) -> bytes:
+        if not 0 <= token < self.n_vocab:  # llama.cpp reads out of bounds on bad ids
+            raise GenerationError(f"token id {token} outside the vocabulary (0..{self.n_vocab - 1})")
+        key = (token, special)
+        piece = self._pieces.get(key)
+        if piece is None:
+            # Our own call: llama-cpp-python's wrapper returns the whole 32-byte buffer, NULs included.
+            size = 64
+            while True:
+                buf = ctypes.create_string_buffer(size)
+                n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, size, 0, special)
+                if n >= 0:
+                    break
+                size = -n
+            piece = self._pieces[key] = buf.raw[:n]
+        return piece
+
+    def tokenize(self, text: str, special: bool) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special) if text else []
+
+    def tokenize_segments(self, segments: Sequence[Segment]) -> list[int]:
+        """Template text with control tokens parsed; content as plain text; BOS added if the template did not."""
+        tokens: list[int] = []
+        for seg in segments:
+            tokens += self.tokenize(seg.text, special=seg.special)
+        add_bos = str(self.metadata.get("tokenizer.ggml.add_bos_token", "false")).lower() == "true"
+        if add_bos and self.bos_id >= 0 and (not tokens or tokens[0] != self.bos_id):
+            tokens.insert(0, self.bos_id)
+        return tokens
+
+    def detokenizer(self) -> Detokenizer:
+        return Detokenizer(self)
+
+    def chat_template(self) -> ChatTemplate:
+        source = self.metadata.get("tokenizer.chat_template") or LLAMA3_TEMPLATE
+        bos = self.token_text(self.bos_id).decode("utf-8", "replace") if self.bos_id >= 0 else ""
+        eos_id = int(llama_cpp.llama_vocab_eos(self.vocab))
+        eos = self.token_text(eos_id).decode("utf-8", "replace") if eos_id >= 0 else ""
+        return ChatTemplate(source, bos_token=bos, eos_token=eos)
+
+    def lltokenizer(self) -> Any:
+        """llguidance's view of this vocabulary (built once; ~1 s for 128k tokens)."""
+        if self._lltokenizer is None:
+            import llguidance.llamacpp
+
+            with warnings.catch_warnings():  # it calls a llama.cpp alias that warns once per token (128k times)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._lltokenizer = llguidance.llamacpp.lltokenizer_from_vocab(self.vocab,
+                                                                               eos_token=sorted(self.eog_ids))
+        return self._lltokenizer
+
+    # --- evaluation -----------------------------------------------------------------------------------------------
+    @property
+    def tokens(self) -> list[int]:
+        return list(self._tokens)
+
+    def prefill(self, tokens: Sequence[int]) -> int:
+        """Make the KV cache hold exactly `tokens`, reusing the longest common prefix; returns tokens reused."""
+        if len(tokens) >= self.n_ctx:
+            raise GenerationError(f"prompt is {len(tokens)} tokens, the context holds {self.n_ctx}")
+        if not tokens:
+            raise GenerationError("empty prompt")
+        common = 0
+        for a, b in zip(self._tokens, tokens, strict=False):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # always evaluate one token so logits are fresh
+        self._truncate(common)
+        self.eval(tokens[common:])
+        return common
+
+    def _truncate(self, n: int) -> None:
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.ctx), -1, n, -1)
+        del self._tokens[n:]
+        self.llm.n_tokens = n
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        if len(self._tokens) + len(tokens) > self.n_ctx:
+            raise GenerationError(f"context full: {len(self._tokens)} + {len(tokens)} tokens > n_ctx {self.n_ctx}")
+        bad = [t for t in tokens if not 0 <= t < self.n_vocab]
+        if bad:
+            raise GenerationError(f"token id {bad[0]} outside the vocabulary (0..{self.n_vocab - 1})")
+        self.llm.n_tokens = len(self._tokens)
+        self.llm.eval(list(tokens))
+        self._tokens += list(tokens)
+
+    def logits(self) -> np.ndarray:
+        """Logits after the last evaluated token (a view into llama.cpp's buffer: copy before the next eval)."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def reset(self) -> None:
+        self._truncate(0)
+
+    # --- KV state files (for the disk prompt cache) ---------------------------------------------------------------
+    def save_state(self, path: Path) -> None:
+        arr = (llama_cpp.llama_token * len(self._tokens))(*self._tokens)
+        if not llama_cpp.llama_state_save_file(self.ctx, str(path).encode(), arr, len(self._tokens)):
+            raise GenerationError(f"llama.cpp could not save state to {path}")
+
+    def load_state(self, path: Path) -> bool:
+        cap = self.n_ctx
+        arr = (llama_cpp.llama_token * cap)()
+        count = ctypes.c_size_t(0)
+        self._tokens = []
+        self.llm.n_tokens = 0
+        if not llama_cpp.llama_state_load_file(self.ctx, str(path).encode(), arr, cap, ctypes.byref(count)):
+            self._truncate(0)
+            return False
+        self._tokens = list(arr[: count.value])
+        self.llm.n_tokens = count.value
+        return True
+
+
+class Detokenizer:
+    """Incremental token → text with correct handling of UTF-8 split across tokens."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def add(self, token: int) -> str:
+        return self._decoder.decode(self.model.token_text(token, special=False))
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)

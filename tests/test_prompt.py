@@ -1,0 +1,70 @@
+"""The ToolACE system prompt, byte for byte, and chat-template rendering in the sandbox."""
+
+from __future__ import annotations
+
+import pytest
+from toolace.grammars.schema import normalise_tools
+from toolace.runtime.prompt import LLAMA3_TEMPLATE, ChatTemplate, Segment, system_prompt, tool_messages
+
+from toolace.errors import TemplateError
+
+GOLDEN = (
+    "You are an expert in composing functions. You are given a question and a set of possible functions. "
+    "Based on the question, you will need to make one or more function/tool calls to achieve the purpose.\n"
+    "If none of the function can be used, point it out. If the given question lacks the parameters required by "
+    "the function, also point it out.\n"
+    "You should only return the function call in tools call sections.\n"
+    "\n"
+    "If you decide to invoke any of the function(s), you MUST put it in the format of [func_name1(params_name1="
+    "params_value1, params_name2=params_value2...), func_name2(params)]\n"
+    "You SHOULD NOT include any other text in the response.\n"
+    "Here is a list of functions in JSON format that you can invoke.\n"
+    "[{'name': 'get_weather', 'description': 'Get the current weather in a city.', 'parameters': {'type': 'object', "
+    "'properties': {'location': {'type': 'string', 'description': 'City name, e.g. Paris'}, 'unit': {'type': "
+    "'string', 'enum': ['celsius', 'fahrenheit'], 'description': 'Temperature unit'}}, 'required': ['location']}}]"
+    "\n\n"
+)
+
+
+def test_system_prompt_golden(weather_tools: list[dict]) -> None:
+    assert system_prompt(normalise_tools(weather_tools)).encode() == GOLDEN.encode()
+
+
+def test_bfcl_dialect_kept_verbatim_in_prompt() -> None:
+    tools = normalise_tools([{"name": "a.b", "description": "d", "parameters": {"type": "dict", "properties": {
+        "x": {"type": "float"}}, "required": []}}])
+    assert "{'name': 'a.b', 'description': 'd', 'parameters': {'type': 'dict', 'properties': {'x': {'type': " \
+           "'float'}}, 'required': []}}" in system_prompt(tools)
+
+
+def test_llama3_rendering_splits_template_from_content(weather_tools: list[dict]) -> None:
+    ct = ChatTemplate(LLAMA3_TEMPLATE, bos_token="<|begin_of_text|>")
+    segs = ct.render(tool_messages("hi <|eot_id|> there", normalise_tools(weather_tools)))
+    assert segs[0] == Segment("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n", True)
+    assert segs[1] == Segment(GOLDEN, False)
+    assert segs[3] == Segment("hi <|eot_id|> there", False)
+    assert segs[-1] == Segment("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", True)
+    assert "".join(s.text for s in segs).count("<|eot_id|>") == 3
+
+
+def test_trimming_template_still_splits() -> None:
+    ct = ChatTemplate("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] | trim }}</s>{% endfor %}")
+    segs = ct.render([{"role": "user", "content": "  padded  "}], add_generation_prompt=False)
+    assert segs == [Segment("<user>", True), Segment("padded", False), Segment("</s>", True)]
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "loop steps"),
+    ("{{ raise_exception('no tools here') }}", "chat template raised: no tools here"),
+    ("{{ ''.__class__.__mro__ }}", "failed to render"),
+    ("{% for x in messages %}", "does not compile"),
+    ("{% for i in range(99999) %}{{ 'x' * 100 }}{% endfor %}", "output exceeds"),
+])
+def test_hostile_templates_are_stopped(source: str, message: str) -> None:
+    with pytest.raises(TemplateError, match=message):
+        ChatTemplate(source).render([{"role": "user", "content": "hi"}])
+
+
+def test_near_miss_template_renders() -> None:
+    ct = ChatTemplate("{% for i in range(3) %}{{ i }}{% endfor %}{{ messages[0]['content'] }}")
+    assert "".join(s.text for s in ct.render([{"role": "user", "content": "hi"}])) == "012hi"

@@ -1,0 +1,170 @@
+"""The public Python API. Parameters equal the CLI flags.
+
+    from toolace import ToolACE
+    ta = ToolACE.load("demo")
+    result = ta.call("What's the weather in Paris?", tools=[...], tool_choice="auto")
+    result.calls  # [{"name": ..., "arguments": {...}}], every one parsed and schema-checked
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolace.errors import InputError
+from toolace.grammars.compile import CompiledGrammar, compile_grammar
+from toolace.grammars.parser import CallParseError, StreamParser, looks_like_calls, parse_calls
+from toolace.grammars.schema import Tool, normalise_tools
+from toolace.grammars.validate import CallValidator
+from toolace.limits import DEFAULT_MAX_TOKENS, DEFAULT_N_CTX
+from toolace.runtime.constraints import DEFAULT_ENGINE, ENGINES, make_constraint
+from toolace.runtime.generate import GenerationStats, generate
+from toolace.runtime.history import CallMemory, call_id, default_tool_role, to_template_messages
+from toolace.runtime.model import Model
+from toolace.runtime.prompt import tool_messages
+from toolace.runtime.refs import resolve_model
+from toolace.runtime.sampling import SamplingParams
+
+
+@dataclass
+class CallResult:
+    """What one generation produced: parsed calls (or text), the raw output, and how it ended."""
+
+    calls: list[dict[str, Any]]
+    text: str | None
+    raw: str
+    finish_reason: str  # stop | length
+    errors: list[str] = field(default_factory=list)  # schema violations found after decoding (post-checks)
+    call_ids: list[str] = field(default_factory=list)
+    stats: GenerationStats = field(default_factory=GenerationStats, repr=False)
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"calls": self.calls, "text": self.text, "raw": self.raw, "finish_reason": self.finish_reason,
+                "valid": self.valid, "errors": self.errors,
+                "usage": {"prompt_tokens": self.stats.prompt_tokens,
+                          "completion_tokens": self.stats.completion_tokens}}
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """kind: text | call_name | argument | call_end | done (result set)."""
+
+    kind: str
+    text: str = ""
+    index: int = 0
+    name: str = ""
+    key: str = ""
+    value: Any = None
+    result: CallResult | None = None
+
+
+class ToolACE:
+    """A loaded model plus everything needed to make guaranteed-valid calls with it. Thread-safe (one lock)."""
+
+    def __init__(self, model: Model, engine: str = DEFAULT_ENGINE, tool_role: str | None = None) -> None:
+        if engine not in ENGINES:
+            raise InputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        self.model, self.engine = model, engine
+        self.template = model.chat_template()
+        source = model.metadata.get("tokenizer.chat_template") or ""
+        self.tool_role = tool_role or default_tool_role(source)
+        self.memory = CallMemory()
+        self.lock = threading.Lock()
+        self._grammar_cache: dict[tuple[str, str, bool], CompiledGrammar] = {}
+
+    @classmethod
+    def load(cls, model: str | Path = "demo", n_ctx: int = DEFAULT_N_CTX, n_gpu_layers: int | str = "auto",
+             n_threads: int | None = None, engine: str = DEFAULT_ENGINE, tool_role: str | None = None) -> ToolACE:
+        return cls(Model(resolve_model(model), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads),
+                   engine=engine, tool_role=tool_role)
+
+    # --- building blocks -------------------------------------------------------------------------------------------
+    def grammar(self, tools: Sequence[Tool], tool_choice: Any, parallel: bool) -> CompiledGrammar:
+        key = (repr([t.original for t in tools]), repr(tool_choice), parallel)
+        if key not in self._grammar_cache:
+            if len(self._grammar_cache) > 64:
+                self._grammar_cache.clear()
+            self._grammar_cache[key] = compile_grammar(list(tools), tool_choice, parallel)
+        return self._grammar_cache[key]
+
+    def prompt_tokens(self, messages: Sequence[dict[str, Any]], tools: Sequence[Tool] | None) -> list[int]:
+        msgs = to_template_messages(tool_messages(list(messages), tools), self.tool_role, self.memory)
+        return self.model.tokenize_segments(self.template.render(msgs, add_generation_prompt=True))
+
+    # --- calls -----------------------------------------------------------------------------------------------------
+    def call(self, question: str, tools: Any, tool_choice: Any = "auto", **options: Any) -> CallResult:
+        """One question → calls or text."""
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("question must be a non-empty string")
+        return self.chat([{"role": "user", "content": question}], tools, tool_choice, **options)
+
+    def chat(self, messages: Sequence[dict[str, Any]], tools: Any = None, tool_choice: Any = "auto",
+             **options: Any) -> CallResult:
+        """A conversation (OpenAI message form, tool results included) → the next assistant turn."""
+        result = None
+        for event in self.stream(messages, tools, tool_choice, **options):
+            if event.kind == "done":
+                result = event.result
+        assert result is not None  # stream always ends with done
+        return result
+
+    def stream(self, messages: Sequence[dict[str, Any]], tools: Any = None, tool_choice: Any = "auto", *,
+               parallel_tool_calls: bool = True, max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0,
+               top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, seed: int | None = None,
+               stop: Sequence[str] = (), fast_forward: bool = True) -> Iterator[StreamEvent]:
+        """Generate the next assistant turn, yielding text, each call's name, each closed argument, then done."""
+        sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
+        norm = normalise_tools(tools) if tools else None
+        grammar = self.grammar(norm, tool_choice, parallel_tool_calls) if norm else None
+        with self.lock:
+            prompt = self.prompt_tokens(messages, norm)
+            constraint = make_constraint(self.engine, self.model, grammar.gbnf) if grammar else None
+            stats = GenerationStats()
+            parser = StreamParser(norm or [])
+            raw = ""
+            for chunk in generate(self.model, prompt, constraint=constraint, sampling=sampling,
+                                  max_tokens=max_tokens, stop=stop, fast_forward=fast_forward, stats=stats):
+                raw += chunk.text
+                if norm and looks_like_calls(raw):
+                    for ev in parser.feed(chunk.text):
+                        yield StreamEvent(f"call_{ev.kind}" if ev.kind != "argument" else "argument",
+                                          index=ev.index, name=ev.name, key=ev.key, value=ev.value)
+                else:
+                    parser.feed(chunk.text)
+                    yield StreamEvent("text", text=chunk.text)
+        yield StreamEvent("done", result=self._finish(raw, norm, grammar, stats))
+
+    def _finish(self, raw: str, tools: list[Tool] | None, grammar: CompiledGrammar | None,
+                stats: GenerationStats) -> CallResult:
+        if not tools or not looks_like_calls(raw):
+            errors = []
+            if grammar is not None and grammar.calls_only:
+                errors.append(f"no call produced (finish_reason {stats.finish_reason})")
+            return CallResult([], raw, raw, stats.finish_reason, errors, stats=stats)
+        try:
+            calls = parse_calls(raw, tools)
+        except CallParseError as e:
+            why = "output cut by max_tokens before the call list closed" if stats.finish_reason == "length" else str(e)
+            return CallResult([], None, raw, stats.finish_reason, [why], stats=stats)
+        errors = CallValidator(tools).errors(calls)
+        ids = [call_id(raw, i) for i in range(len(calls))]
+        self.memory.remember(ids, raw)
+        return CallResult([c.as_dict() for c in calls], None, raw, stats.finish_reason, errors, ids, stats)
+
+    def complete(self, prompt: str, max_tokens: int = DEFAULT_MAX_TOKENS, stop: Sequence[str] = (),
+                 **sampling: Any) -> tuple[str, GenerationStats]:
+        """Raw completion of a prompt string (template markers parsed as special tokens), no grammar."""
+        params = SamplingParams(**sampling)
+        stats = GenerationStats()
+        with self.lock:
+            tokens = self.model.tokenize(prompt, special=True)
+            text = "".join(c.text for c in generate(self.model, tokens, constraint=None, sampling=params,
+                                                    max_tokens=max_tokens, stop=stop, stats=stats))
+        return text, stats

@@ -1,0 +1,40 @@
+"""The one error hierarchy. Library code raises these; the CLI and server turn them into one line and an exit
+code or a 4xx. Anything else escaping is a bug."""
+
+from __future__ import annotations
+
+
+class ToolaceError(Exception):
+    """Base of every error toolace raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(ToolaceError):
+    """The user's input is wrong (tools file, flag, request). Exit code 2, HTTP 400."""
+
+    exit_code = 2
+
+
+class SchemaError(InputError):
+    """A tool schema cannot be normalised or compiled into a grammar."""
+
+
+class ModelFileError(InputError):
+    """A GGUF or checkpoint file is malformed, truncated or unsupported."""
+
+
+class TemplateError(ToolaceError):
+    """A chat template failed to render, ran too long, or produced too much."""
+
+
+class GenerationError(ToolaceError):
+    """Decoding failed: prompt too long, grammar rejected everything, context exhausted."""
+
+
+class ValidationFailure(ToolaceError):
+    """Model output that parses but breaks the schema in a way the grammar could not enforce."""
+
+
+class DownloadError(ToolaceError):
+    """A download failed, was refused (path tricks, pickles) or did not match its hash."""

@@ -1,0 +1,37 @@
+"""Where toolace keeps files: one home folder, overridable with TOOLACE_HOME."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+HOME_ENV = "TOOLACE_HOME"
+
+
+def toolace_home() -> Path:
+    """The folder for fixtures, the model store and KV caches (TOOLACE_HOME, else ~/.cache/toolace)."""
+    env = os.environ.get(HOME_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "toolace"
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike[str], suffix: str = ".part") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block completes.
+
+    The temporary file lives in the target folder so the rename is atomic, and is removed on any failure
+    (including KeyboardInterrupt), so an interrupted write leaves nothing at `path`."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; outputs are ordinary files
+        os.replace(tmp_path, target)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
