@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import llguidance
+import numpy as np
 
 from toolace.errors import SchemaError
 
@@ -67,3 +69,28 @@ def check_text(gbnf: str, text: str) -> CheckResult:
     if not matcher.is_accepting():
         return CheckResult(False, chars, "the text ends before the call is complete")
     return CheckResult(True, chars, "")
+
+
+STRUCTURAL = frozenset(b"\"')]},:=0123456789")  # bytes that tend to close a value: a random walk prefers them
+
+
+def sample_text(gbnf: str, rng: Any, max_bytes: int = 2000) -> str | None:
+    """A random sentence of the grammar (a random walk over allowed bytes), or None if it did not finish within
+    `max_bytes`. Biased towards ASCII and closing bytes so walks end; used to test that everything the grammar
+    can produce parses and validates."""
+    matcher = llguidance.LLMatcher(byte_tokenizer(), to_llguidance(gbnf), log_level=0)
+    out = bytearray()
+    while len(out) < max_bytes:
+        bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
+        allowed = np.flatnonzero(bits[: BYTE_EOS + 1])
+        if BYTE_EOS in allowed and (len(allowed) == 1 or rng.random() < 0.3):
+            return out.decode("utf-8")
+        choices = [b for b in allowed if b != BYTE_EOS]
+        ascii_ = [b for b in choices if b < 0x80]
+        closing = [b for b in ascii_ if b in STRUCTURAL]
+        pool = closing if closing and rng.random() < 0.5 else ascii_ if ascii_ and rng.random() < 0.95 else choices
+        byte = int(pool[int(rng.integers(len(pool)))])
+        if not matcher.consume_token(byte):
+            raise SchemaError(f"grammar walk refused an allowed byte: {matcher.get_error()}")
+        out.append(byte)
+    return None

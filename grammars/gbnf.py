@@ -30,9 +30,12 @@ BASE_RULES: dict[str, str] = {
     "str": r'''"\"" dq-char* "\"" | "'" sq-char* "'"''',
     "int": '"0" | "-"? [1-9] [0-9]*',
     "frac": '"." [0-9]+',
-    "exp": '[eE] [-+]? [0-9]+',
-    "num": 'int (frac exp? | exp)?',
-    "nonneg-num": '("0" | [1-9] [0-9]*) (frac exp? | exp)?',
+    # Floats are finite doubles by construction: plain form with at most 308 integer digits, or scientific form
+    # with one leading digit and an exponent of at most 307 (repr's own forms).
+    "exp": '[eE] [-+]? ([0-9] [0-9]? | [12] [0-9] [0-9] | "30" [0-7])',
+    "float": '("0" | [1-9] [0-9]{0,307}) frac | [0-9] frac? exp',
+    "num": 'int | "-"? float',
+    "nonneg-num": '"0" | [1-9] [0-9]* | float',
     "bool": '"True" | "False"',
     "null": '"None"',
     "any": "str | num | bool | null | any-list | any-tuple | any-dict",
@@ -110,6 +113,19 @@ def py_literal(value: object, quote: str = "'") -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{py_str(str(k), quote)}: {py_literal(v, quote)}" for k, v in value.items()) + "}"
     raise SchemaError(f"{type(value).__name__} value {value!r} has no literal in the call language")
+
+
+def repeat(expr: str, lo: int, hi: int | None) -> str:
+    """`expr` repeated lo..hi times (hi None: unbounded), in the simplest form both parsers accept
+    (llguidance refuses `{0,0}`)."""
+    if hi == 0:
+        return '""'
+    if (lo, hi) == (1, 1):
+        return expr
+    forms = {(0, None): "*", (1, None): "+", (0, 1): "?"}
+    if (lo, hi) in forms:
+        return expr + forms[(lo, hi)]
+    return expr + (f"{{{lo},}}" if hi is None else f"{{{lo}}}" if lo == hi else f"{{{lo},{hi}}}")
 
 
 def render_calls(calls: list[dict[str, Any]]) -> str:

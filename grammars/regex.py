@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from toolace.limits import MAX_STRING_REPEAT
 
-from .gbnf import class_char, gbnf_literal, py_str
+from .gbnf import class_char, gbnf_literal, py_str, repeat
 
 MAX_CHAR = 0x10FFFF
 
@@ -249,14 +249,7 @@ def _emit(node: Node, quote: str) -> str:
         return "(" + " | ".join(_emit(c, quote) for c in node.children) + ")"
     if node.kind == "rep":
         assert node.children is not None
-        inner = _emit(node.children[0], quote)
-        if (node.lo, node.hi) == (0, None):
-            return inner + "*"
-        if (node.lo, node.hi) == (1, None):
-            return inner + "+"
-        if (node.lo, node.hi) == (0, 1):
-            return inner + "?"
-        return inner + (f"{{{node.lo},}}" if node.hi is None else f"{{{node.lo},{node.hi}}}")
+        return repeat(_emit(node.children[0], quote), node.lo, node.hi)
     raise RegexUnsupported("'^' or '$' inside the pattern")
 
 

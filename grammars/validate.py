@@ -15,7 +15,9 @@ class CallValidator:
 
     def __init__(self, tools: Iterable[Tool]) -> None:
         self._validators = {
-            t.name: jsonschema.Draft202012Validator(t.parameters, format_checker=jsonschema.FormatChecker())
+            t.name: jsonschema.Draft202012Validator(
+                t.parameters, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+            )
             for t in tools
         }
 

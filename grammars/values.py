@@ -14,7 +14,7 @@ import jsonschema
 from toolace.errors import SchemaError
 from toolace.limits import MAX_INT_RANGE_DIGITS, MAX_STRING_REPEAT
 
-from .gbnf import DQ, SQ, Grammar, gbnf_literal, py_literal
+from .gbnf import DQ, SQ, Grammar, gbnf_literal, py_literal, repeat
 from .regex import RegexUnsupported, regex_to_gbnf
 from .schema import TUPLE_MARK, Tool
 
@@ -23,11 +23,17 @@ POST_CHECKED = ("multipleOf", "uniqueItems", "minProperties", "maxProperties", "
                 "maxContains", "not", "if", "then", "else", "dependentRequired", "dependentSchemas", "propertyNames",
                 "patternProperties", "unevaluatedProperties", "unevaluatedItems", "dependencies")
 # Formats with an exact grammar; other formats are post-checked.
+# A calendar date, exactly: month lengths, and 29 February only in leap years (Gregorian: every 4th year, but
+# centuries only every 400th).
+_YEAR = r"([0-9]{3}[1-9]|[0-9]{2}[1-9]0|[0-9][1-9]00|[1-9]000)"  # 0001-9999: year 0 is no ISO/Python date
+_DATE = ("(" + _YEAR + r"-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)"
+         r"|02-(0[1-9]|1[0-9]|2[0-8]))"
+         r"|([0-9]{2}(0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00)-02-29)")
+_TIME = r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
 FORMAT_PATTERNS = {
-    "date": r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$",
-    "time": r"^([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$",
-    "date-time": r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)"
-                 r"(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$",
+    "date": f"^{_DATE}$",
+    "time": f"^{_TIME}$",
+    "date-time": f"^{_DATE}[Tt]{_TIME}$",
     "uuid": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
     "email": r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$",
     "uri": r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s<>\"{}|\\^`]+$",
@@ -289,8 +295,8 @@ class ValueCompiler:
         if max(lo, hi or 0) > MAX_STRING_REPEAT:
             self._post(pointer, "minLength/maxLength")
             return "str"
-        rep = f"{{{lo},}}" if hi is None else f"{{{lo},{hi}}}"
-        return self.g.add(f"str-{lo}-{hi}", f"{DQ} dq-char{rep} {DQ} | {SQ} sq-char{rep} {SQ}")
+        dq, sq = repeat("dq-char", lo, hi), repeat("sq-char", lo, hi)
+        return self.g.add(f"str-{lo}-{hi}", f"{DQ} {dq} {DQ} | {SQ} {sq} {SQ}")
 
     def _integer(self, s: dict[str, Any], pointer: str) -> str:
         lo = hi = None
@@ -344,15 +350,9 @@ class ValueCompiler:
             if max(lo, hi or 0) > MAX_STRING_REPEAT:
                 self._post(pointer, "minItems/maxItems")
                 lo, hi = 0, None
-            if hi == 0:
-                inner = '""'
-            elif lo == 0 and hi is None:
-                inner = f"({item} (sep {item})*)?"
-            elif lo == 0:
-                inner = f"({item} (sep {item}){{0,{hi - 1}}})?"
-            else:
-                rep = f"{{{lo - 1},}}" if hi is None else f"{{{lo - 1},{hi - 1}}}"
-                inner = f"{item} (sep {item}){rep}"
+            more = repeat(f"(sep {item})", max(lo - 1, 0), None if hi is None else hi - 1)
+            tail = "" if more == '""' else f" {more}"
+            inner = '""' if hi == 0 else f"({item}{tail})?" if lo == 0 else f"{item}{tail}"
         body = f'"[" {inner} "]"'
         if s.get(TUPLE_MARK):
             body += f' | "(" {inner} ","? ")"'

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from toolace.fixtures import LLAMA3_TOKENIZER, SMOLLM2_GGUF, fixture_path
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
-BFCL_DIR = REPO.parent / "shared" / "bfcl"
+# BFCL data: ../shared/bfcl beside the checkout (as in CI), or TOOLACE_BFCL_DIR.
+BFCL_DIR = Path(os.environ.get("TOOLACE_BFCL_DIR", REPO.parent / "shared" / "bfcl"))
 
 
 def _required(path: Path) -> Path:
