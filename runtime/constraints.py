@@ -8,6 +8,7 @@ Both fail closed: a grammar either engine cannot load is an error before any tok
 from __future__ import annotations
 
 import ctypes
+import time
 from typing import Any, Protocol
 
 import llama_cpp
@@ -28,8 +29,8 @@ class Constraint(Protocol):
     def accept(self, token: int) -> None: ...
     def forced_tokens(self) -> list[int]: ...
     def accept_forced(self, tokens: list[int]) -> None: ...
-    @property
-    def rejections(self) -> int: ...
+    rejections: int
+    step_ms: list[float]
 
 
 def _matcher(model: Model, gbnf: str) -> Any:
@@ -41,20 +42,35 @@ def _matcher(model: Model, gbnf: str) -> Any:
     return matcher
 
 
-class LLGuidanceConstraint:
+class _Timed:
+    """Per-token grammar cost: time in checks, masks and re-sampling after rejection, plus accepting the token.
+    The plain sample from the raw logits is not counted (unconstrained decoding does it too)."""
+
+    def __init__(self) -> None:
+        self.step_ms: list[float] = []
+        self._pending = 0.0
+        self.rejections = 0
+
+    def _close_step(self, seconds: float) -> None:
+        self.step_ms.append((self._pending + seconds) * 1000)
+        self._pending = 0.0
+
+
+class LLGuidanceConstraint(_Timed):
     def __init__(self, model: Model, gbnf: str) -> None:
+        super().__init__()
         self.model = model
         self.matcher = _matcher(model, gbnf)
         self.n_vocab = model.n_vocab
-        self.rejections = 0
 
     def choose(self, logits: np.ndarray, sampler: Sampler) -> int:
         token = sampler.sample(logits)
-        if self.matcher.validate_tokens([token]) == 1:
-            return token
-        self.rejections += 1
-        masked = self._masked(logits)
-        return sampler.sample(masked)
+        t0 = time.perf_counter()
+        if self.matcher.validate_tokens([token]) != 1:
+            self.rejections += 1
+            token = sampler.sample(self._masked(logits))
+        self._pending += time.perf_counter() - t0
+        return token
 
     def _masked(self, logits: np.ndarray) -> np.ndarray:
         bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
@@ -67,8 +83,10 @@ class LLGuidanceConstraint:
         return masked
 
     def accept(self, token: int) -> None:
+        t0 = time.perf_counter()
         if not self.matcher.consume_token(token):
             raise GenerationError(f"grammar refused token {token}: {self.matcher.get_error()}")
+        self._close_step(time.perf_counter() - t0)
 
     def forced_tokens(self) -> list[int]:
         return list(self.matcher.compute_ff_tokens())
@@ -78,11 +96,12 @@ class LLGuidanceConstraint:
             raise GenerationError(f"grammar refused forced tokens: {self.matcher.get_error()}")
 
 
-class LlamaGrammarConstraint:
+class LlamaGrammarConstraint(_Timed):
     """llama.cpp's sampler decides what is allowed; an llguidance matcher rides along only to find forced tokens,
     so fast-forward (and hence the token sequence the model sees) is the same for both engines."""
 
     def __init__(self, model: Model, gbnf: str) -> None:
+        super().__init__()
         self.model = model
         self.forcer = _matcher(model, gbnf)
         self.smpl = llama_cpp.llama_sampler_init_grammar(model.vocab, gbnf.encode("utf-8"), b"root")
@@ -96,7 +115,6 @@ class LlamaGrammarConstraint:
         self._all["id"] = np.arange(self.n_vocab, dtype=np.intc)
         self._all_arr = llama_cpp.llama_token_data_array(
             data=self._all.ctypes.data_as(llama_cpp.llama_token_data_p), size=self.n_vocab, selected=-1, sorted=False)
-        self.rejections = 0
 
     def __del__(self) -> None:
         if getattr(self, "smpl", None):
@@ -105,6 +123,12 @@ class LlamaGrammarConstraint:
 
     def choose(self, logits: np.ndarray, sampler: Sampler) -> int:
         token = sampler.sample(logits)
+        t0 = time.perf_counter()
+        token = self._check(token, logits, sampler)
+        self._pending += time.perf_counter() - t0
+        return token
+
+    def _check(self, token: int, logits: np.ndarray, sampler: Sampler) -> int:
         self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
         self._one_arr.size = 1
         llama_cpp.llama_sampler_apply(self.smpl, ctypes.byref(self._one_arr))
@@ -120,7 +144,9 @@ class LlamaGrammarConstraint:
         return sampler.sample(masked)
 
     def accept(self, token: int) -> None:
+        t0 = time.perf_counter()
         llama_cpp.llama_sampler_accept(self.smpl, token)
+        self._close_step(time.perf_counter() - t0)  # the forcer below serves fast-forward, not the mask
         self.forcer.consume_token(token)
 
     def forced_tokens(self) -> list[int]:

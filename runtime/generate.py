@@ -25,7 +25,7 @@ class GenerationStats:
     prefill_seconds: float = 0.0
     first_token_seconds: float = 0.0  # time to first token, from the start of prefill
     decode_seconds: float = 0.0
-    grammar_seconds: float = 0.0  # time in the constraint beyond plain sampling
+    grammar_seconds: float = 0.0  # time in the grammar engine (checks, masks, accepts), not plain sampling
     finish_reason: str = ""
     step_grammar_ms: list[float] = field(default_factory=list, repr=False)
 
@@ -77,14 +77,7 @@ def generate(model: Model, prompt: Sequence[int], *, constraint: Constraint | No
                     break
                 continue
         logits = model.logits()
-        if constraint is None:
-            token = sampler.sample(logits)
-        else:
-            g0 = time.perf_counter()
-            token = constraint.choose(logits, sampler)
-            dt = time.perf_counter() - g0
-            st.grammar_seconds += dt
-            st.step_grammar_ms.append(dt * 1000)
+        token = sampler.sample(logits) if constraint is None else constraint.choose(logits, sampler)
         if not st.first_token_seconds:
             st.first_token_seconds = time.perf_counter() - t0
         if token in model.eog_ids:
@@ -108,6 +101,8 @@ def generate(model: Model, prompt: Sequence[int], *, constraint: Constraint | No
     st.decode_seconds = time.perf_counter() - t_decode
     if constraint is not None:
         st.rejections = constraint.rejections
+        st.step_grammar_ms = list(constraint.step_ms)
+        st.grammar_seconds = sum(constraint.step_ms) / 1000
 
 
 def _hit_stop(text: str, stop: Sequence[str]) -> bool:

@@ -139,11 +139,12 @@ class Model:
                 break
             common += 1
         common = min(common, len(tokens) - 1)  # always evaluate one token so logits are fresh
-        self._truncate(common)
+        self.truncate(common)
         self.eval(tokens[common:])
         return common
 
-    def _truncate(self, n: int) -> None:
+    def truncate(self, n: int) -> None:
+        """Keep only the first n tokens in the KV cache."""
         llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.ctx), -1, n, -1)
         del self._tokens[n:]
         self.llm.n_tokens = n
@@ -164,7 +165,7 @@ class Model:
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
     def reset(self) -> None:
-        self._truncate(0)
+        self.truncate(0)
 
     # --- KV state files (for the disk prompt cache) ---------------------------------------------------------------
     def save_state(self, path: Path) -> None:
@@ -179,7 +180,7 @@ class Model:
         self._tokens = []
         self.llm.n_tokens = 0
         if not llama_cpp.llama_state_load_file(self.ctx, str(path).encode(), arr, cap, ctypes.byref(count)):
-            self._truncate(0)
+            self.truncate(0)
             return False
         self._tokens = list(arr[: count.value])
         self.llm.n_tokens = count.value

@@ -89,3 +89,14 @@ def test_cli_call_bfcl_example(smollm2_gguf: Path) -> None:
     assert res.exit_code == 0 and out["valid"], res.output
     assert out["calls"][0]["name"] == "hotel_booking"
     assert 1 <= out["calls"][0]["arguments"]["nights"] <= 30
+
+
+def test_cli_chat_repl_shows_call_and_takes_tool_result(smollm2_gguf: Path, tmp_path: Path) -> None:
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([{"name": "find_user", "description": "Look up a user id by name.", "parameters": {
+        "type": "dict", "properties": {"name": {"type": "string"}}, "required": ["name"]}}]))
+    res = CliRunner().invoke(main, ["chat", "--tools", str(tools), "--model", str(smollm2_gguf), "--tool-choice",
+                                    "required", "--max-tokens", "24"], input="Find the user Alice.\n42\n\n")
+    assert res.exit_code == 0, res.output
+    assert "call 1: find_user" in res.output and "result of find_user> " in res.output
+    assert "assistant> " in res.output  # after the tool result the model answers (tool_choice back to auto)

@@ -20,6 +20,7 @@ from toolace.grammars.parser import CallParseError, StreamParser, looks_like_cal
 from toolace.grammars.schema import Tool, normalise_tools
 from toolace.grammars.validate import CallValidator
 from toolace.limits import DEFAULT_MAX_TOKENS, DEFAULT_N_CTX
+from toolace.runtime.cache import PromptCache
 from toolace.runtime.constraints import DEFAULT_ENGINE, ENGINES, make_constraint
 from toolace.runtime.generate import GenerationStats, generate
 from toolace.runtime.history import CallMemory, call_id, default_tool_role, to_template_messages
@@ -68,7 +69,8 @@ class StreamEvent:
 class ToolACE:
     """A loaded model plus everything needed to make guaranteed-valid calls with it. Thread-safe (one lock)."""
 
-    def __init__(self, model: Model, engine: str = DEFAULT_ENGINE, tool_role: str | None = None) -> None:
+    def __init__(self, model: Model, engine: str = DEFAULT_ENGINE, tool_role: str | None = None,
+                 kv_cache: bool = True) -> None:
         if engine not in ENGINES:
             raise InputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.model, self.engine = model, engine
@@ -76,14 +78,17 @@ class ToolACE:
         source = model.metadata.get("tokenizer.chat_template") or ""
         self.tool_role = tool_role or default_tool_role(source)
         self.memory = CallMemory()
+        self.cache = PromptCache(model) if kv_cache else None
         self.lock = threading.Lock()
         self._grammar_cache: dict[tuple[str, str, bool], CompiledGrammar] = {}
 
     @classmethod
     def load(cls, model: str | Path = "demo", n_ctx: int = DEFAULT_N_CTX, n_gpu_layers: int | str = "auto",
-             n_threads: int | None = None, engine: str = DEFAULT_ENGINE, tool_role: str | None = None) -> ToolACE:
+             n_threads: int | None = None, engine: str = DEFAULT_ENGINE, tool_role: str | None = None,
+             kv_cache: bool = True) -> ToolACE:
+        """Load a model reference (path, 'demo', or a pulled name). kv_cache persists tool-prompt KV to disk."""
         return cls(Model(resolve_model(model), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads),
-                   engine=engine, tool_role=tool_role)
+                   engine=engine, tool_role=tool_role, kv_cache=kv_cache)
 
     # --- building blocks -------------------------------------------------------------------------------------------
     def grammar(self, tools: Sequence[Tool], tool_choice: Any, parallel: bool) -> CompiledGrammar:
@@ -95,8 +100,20 @@ class ToolACE:
         return self._grammar_cache[key]
 
     def prompt_tokens(self, messages: Sequence[dict[str, Any]], tools: Sequence[Tool] | None) -> list[int]:
+        return self._prompt(messages, tools)[0]
+
+    def _prompt(self, messages: Sequence[dict[str, Any]], tools: Sequence[Tool] | None) -> tuple[list[int], int]:
+        """Prompt tokens and the length of the stable prefix (through the system message and the template text
+        after it), which the disk cache keys on."""
         msgs = to_template_messages(tool_messages(list(messages), tools), self.tool_role, self.memory)
-        return self.model.tokenize_segments(self.template.render(msgs, add_generation_prompt=True))
+        segments = self.template.render(msgs, add_generation_prompt=True)
+        tokens = self.model.tokenize_segments(segments)
+        first_content = next((i for i, s in enumerate(segments) if not s.special), None)
+        if not tools or first_content is None:
+            return tokens, 0
+        prefix = self.model.tokenize_segments(segments[: first_content + 2])
+        n = len(prefix) if tokens[: len(prefix)] == prefix else 0  # BPE may merge across the boundary: no cache
+        return tokens, n
 
     # --- calls -----------------------------------------------------------------------------------------------------
     def call(self, question: str, tools: Any, tool_choice: Any = "auto", **options: Any) -> CallResult:
@@ -124,7 +141,9 @@ class ToolACE:
         norm = normalise_tools(tools) if tools else None
         grammar = self.grammar(norm, tool_choice, parallel_tool_calls) if norm else None
         with self.lock:
-            prompt = self.prompt_tokens(messages, norm)
+            prompt, prefix_n = self._prompt(messages, norm)
+            if self.cache is not None and prefix_n:
+                self.cache.restore(prompt[:prefix_n])
             constraint = make_constraint(self.engine, self.model, grammar.gbnf) if grammar else None
             stats = GenerationStats()
             parser = StreamParser(norm or [])
@@ -139,6 +158,8 @@ class ToolACE:
                 else:
                     parser.feed(chunk.text)
                     yield StreamEvent("text", text=chunk.text)
+            if self.cache is not None and prefix_n:
+                self.cache.store(prompt[:prefix_n])
         yield StreamEvent("done", result=self._finish(raw, norm, grammar, stats))
 
     def _finish(self, raw: str, tools: list[Tool] | None, grammar: CompiledGrammar | None,

@@ -140,5 +140,80 @@ def grammar(tools_file: str, tool_choice: str, no_parallel: bool, check: str | N
         click.echo(json.dumps({"text": check}, ensure_ascii=False))
 
 
+@main.command()
+@click.option("--tools", "tools_file", default=None, type=click.Path(dir_okay=False), help="JSON tools file.")
+@model_options
+@sampling_options
+@edge
+def chat(tools_file: str | None, model: str, n_ctx: int, n_gpu_layers: str, engine: str, tool_choice: str,
+         max_tokens: int, temperature: float, seed: int | None, no_parallel: bool) -> None:
+    """Interactive chat: shows each call the model makes and asks you for the tool's result."""
+    from toolace.api import ToolACE
+    from toolace.grammars.schema import load_tools
+
+    tools = load_tools(tools_file) if tools_file else None
+    ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine)
+    history: list[dict[str, Any]] = []
+    options = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed,
+               "parallel_tool_calls": not no_parallel}
+    click.echo("toolace chat: empty line or Ctrl-D quits.")
+    while True:
+        question = click.prompt("you", default="", show_default=False, prompt_suffix="> ")
+        if not question.strip():
+            return
+        history.append({"role": "user", "content": question})
+        choice = tool_choice
+        while True:
+            result = ta.chat(history, tools, choice if tools else "auto", **options)
+            if not result.calls:
+                click.echo(f"assistant> {result.text or ''}")
+                history.append({"role": "assistant", "content": result.raw})
+                break
+            print_result(result)
+            history.append({"role": "assistant", "content": None, "tool_calls": [
+                {"id": cid, "type": "function",
+                 "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
+                for cid, c in zip(result.call_ids, result.calls, strict=True)]})
+            for cid, c in zip(result.call_ids, result.calls, strict=True):
+                answer = click.prompt(f"result of {c['name']}", prompt_suffix="> ")
+                history.append({"role": "tool", "tool_call_id": cid, "content": answer})
+            choice = "auto"  # after tool results the model may answer in text
+
+
+@main.command()
+@model_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Other than loopback needs --api-key.")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY'.")
+@click.option("--max-queue", type=int, default=8, show_default=True, help="Requests waiting + running; more get 429.")
+@edge
+def serve(model: str, n_ctx: int, n_gpu_layers: str, engine: str, host: str, port: int, api_key: str | None,
+          max_queue: int) -> None:
+    """OpenAI-compatible server: /v1/chat/completions (tools enforced), /v1/completions, /v1/models, /health."""
+    from toolace.runtime.server import serve as run_server
+
+    run_server(model=model, host=host, port=port, api_key=api_key, n_ctx=n_ctx, max_queue=max_queue,
+               n_gpu_layers=n_gpu_layers, engine=engine)
+
+
+@main.command()
+@click.option("--model", default="demo", show_default=True, help="GGUF path, 'demo', or a pulled name.")
+@click.option("--data", default=None, type=click.Path(file_okay=False), help="BFCL data folder (for the call).")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the report here.")
+@click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a PNG chart here.")
+@click.option("--runs", type=int, default=3, show_default=True, help="Repetitions per figure.")
+@click.option("--max-tokens", type=int, default=48, show_default=True)
+@click.option("--n-ctx", type=int, default=DEFAULT_N_CTX, show_default=True)
+@edge
+def bench(model: str, data: str | None, json_out: str | None, plot: str | None, runs: int, max_tokens: int,
+          n_ctx: int) -> None:
+    """Runtime benchmark: grammar cost per token per engine, e2e ratio, TTFT cold/warm/disk, speeds, RSS."""
+    from toolace.runtime.bench import bench as run_bench
+    from toolace.runtime.bench import summary
+
+    click.echo(summary(run_bench(model=model, data=data, json_out=json_out, plot=plot, runs=runs,
+                                 max_tokens=max_tokens, n_ctx=n_ctx)))
+
+
 if __name__ == "__main__":
     main()

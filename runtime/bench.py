@@ -1,0 +1,212 @@
+"""`toolace bench`: the runtime's numbers, each with its spread over repeated runs, ratios from the same run.
+
+Grammar cost per token (median, p99) for each engine against unconstrained decoding and llama-cpp-python's default
+`grammar=` path; end-to-end latency of one BFCL call constrained (with fast-forward) ÷ unconstrained; TTFT cold /
+warm / disk-warm with a ~2k-token tool list; prompt and decode speed; load time; peak RSS."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolace.limits import DEFAULT_N_CTX
+from toolace.paths import atomic_output
+
+from ..grammars.schema import normalise_tools
+from .constraints import ENGINES, make_constraint
+from .generate import GenerationStats, generate
+from .model import Model
+from .refs import resolve_model
+from .sampling import SamplingParams
+
+TTFT_TOOL_TOKENS = 2000  # the tool list size the warm-TTFT target is stated for
+GREEDY = SamplingParams()
+
+
+def _spread(xs: list[float]) -> dict[str, float]:
+    if not xs:
+        return {}
+    arr = np.asarray(xs, dtype=np.float64)
+    return {"median": float(np.median(arr)), "p99": float(np.percentile(arr, 99)), "mean": float(arr.mean()),
+            "min": float(arr.min()), "max": float(arr.max()), "n": int(arr.size)}
+
+
+def _bfcl_case(data: Path | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    if data is not None and (data / "BFCL_v4_simple_python.json").is_file():
+        first = json.loads((data / "BFCL_v4_simple_python.json").read_text().splitlines()[0])
+        return first["question"][0], first["function"]
+    tools = json.loads((Path(__file__).resolve().parent.parent / "examples" / "weather.json").read_text())
+    return [{"role": "user", "content": "What's the weather like in Paris in celsius?"}], tools
+
+
+def _big_toolset(ta: Any, data: Path | None, target: int) -> list[dict[str, Any]]:
+    """Distinct BFCL functions until the tool prompt reaches `target` tokens."""
+    from toolace.bfcl import load_questions
+
+    tools: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    if data is None:
+        return _bfcl_case(None)[1]
+    for q in load_questions(data, ("multiple", "parallel_multiple")):
+        for fn in q.functions:
+            if fn["name"] not in seen:
+                seen.add(fn["name"])
+                tools.append(fn)
+        if len(ta.prompt_tokens([{"role": "user", "content": "hi"}], normalise_tools(tools))) >= target:
+            break
+    return tools
+
+
+def _decode(model: Model, prompt: list[int], gbnf: str | None, engine: str, max_tokens: int,
+            fast_forward: bool) -> GenerationStats:
+    model.reset()
+    st = GenerationStats()
+    constraint = make_constraint(engine, model, gbnf) if gbnf else None
+    for _ in generate(model, prompt, constraint=constraint, sampling=GREEDY, max_tokens=max_tokens,
+                      fast_forward=fast_forward, stats=st):
+        pass
+    return st
+
+
+def _baseline_grammar_path(model: Model, prompt: list[int], gbnf: str, max_tokens: int) -> dict[str, Any]:
+    """llama-cpp-python's high-level path with `grammar=`, against the same path without it (per-token means)."""
+    from llama_cpp import LlamaGrammar
+
+    out = {}
+    for name, grammar in (("free", None), ("grammar", LlamaGrammar.from_string(gbnf, verbose=False))):
+        model.reset()
+        t0 = time.perf_counter()
+        res = model.llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, grammar=grammar)
+        dt = time.perf_counter() - t0
+        n = max(1, res["usage"]["completion_tokens"])
+        out[name] = {"seconds": dt, "tokens": n, "ms_per_token": dt * 1000 / n}
+    model.reset()
+    out["grammar_cost_ms_per_token"] = out["grammar"]["ms_per_token"] - out["free"]["ms_per_token"]
+    return out
+
+
+def bench(model: str = "demo", data: str | None = None, json_out: str | None = None, plot: str | None = None,
+          runs: int = 3, max_tokens: int = 48, n_ctx: int = DEFAULT_N_CTX) -> dict[str, Any]:
+    """Run the runtime benchmark; parameters equal `toolace bench` flags. Returns (and optionally writes) JSON."""
+    from toolace.api import ToolACE
+
+    data_dir = Path(data) if data else None
+    path = resolve_model(model)
+    t0 = time.perf_counter()
+    ta = ToolACE.load(str(path), n_ctx=n_ctx, kv_cache=False)
+    load_s = time.perf_counter() - t0
+    m = ta.model
+    messages, tools = _bfcl_case(data_dir)
+    norm = normalise_tools(tools)
+    gbnf = ta.grammar(norm, "required", True).gbnf
+    prompt = ta.prompt_tokens(messages, norm)
+    m.lltokenizer()  # built once per model; not part of any per-call figure
+
+    report: dict[str, Any] = {"model": str(path), "n_vocab": m.n_vocab, "n_gpu_layers": m.n_gpu_layers,
+                              "load_seconds": load_s, "runs": runs, "prompt_tokens": len(prompt)}
+    free = [_decode(m, prompt, None, "llguidance", max_tokens, False) for _ in range(runs)]
+    report["prompt_tok_per_s"] = _spread([s.prompt_tokens / s.prefill_seconds for s in free])
+    report["decode_tok_per_s"] = {"free": _spread([s.completion_tokens / s.decode_seconds for s in free])}
+    report["grammar_ms_per_token"] = {}
+    for engine in ENGINES:
+        stats = [_decode(m, prompt, gbnf, engine, max_tokens, False) for _ in range(runs)]
+        report["grammar_ms_per_token"][engine] = _spread([x for s in stats for x in s.step_grammar_ms])
+        report["decode_tok_per_s"][engine] = _spread([s.completion_tokens / s.decode_seconds for s in stats])
+        report.setdefault("outputs", {})[engine] = [s.completion_tokens for s in stats]
+    report["grammar_ms_per_token"]["llama_cpp_python_default"] = _baseline_grammar_path(m, prompt, gbnf, max_tokens)
+
+    # One BFCL call end to end: constrained with fast-forward vs unconstrained (same prompt, greedy).
+    e2e_free = [_decode(m, prompt, None, "llguidance", max_tokens, False) for _ in range(runs)]
+    e2e_ff = [_decode(m, prompt, gbnf, "llguidance", max_tokens, True) for _ in range(runs)]
+    t_free = statistics.median(s.prefill_seconds + s.decode_seconds for s in e2e_free)
+    t_ff = statistics.median(s.prefill_seconds + s.decode_seconds for s in e2e_ff)
+    report["e2e_call"] = {"free_seconds": t_free, "constrained_ff_seconds": t_ff, "ratio": t_ff / t_free,
+                          "free_tokens": e2e_free[0].completion_tokens, "ff_tokens": e2e_ff[0].completion_tokens,
+                          "forced_share": e2e_ff[0].forced_tokens / max(1, e2e_ff[0].completion_tokens)}
+    report["ttft"] = _ttft(path, data_dir, n_ctx, runs)
+    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if json_out:
+        with atomic_output(json_out) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+    if plot:
+        _plot(report, plot)
+    return report
+
+
+def _ttft(path: Path, data: Path | None, n_ctx: int, runs: int) -> dict[str, Any]:
+    """Cold (nothing cached), warm (same process, prefix in the KV cache), disk-warm (new process state loaded
+    from the disk cache) time to first token with a ~2k-token tool list."""
+    from toolace.runtime.cache import PromptCache
+
+    from toolace.api import ToolACE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ta = ToolACE.load(str(path), n_ctx=n_ctx, kv_cache=False)
+        ta.cache = PromptCache(ta.model, Path(tmp))
+        tools = _big_toolset(ta, data, TTFT_TOOL_TOKENS)
+        ta.model.lltokenizer()
+        qs = [f"Question {i}: which function fits best?" for i in range(runs + 1)]
+        cold = ta.chat([{"role": "user", "content": qs[0]}], tools, "required", max_tokens=1).stats
+        warm = [ta.chat([{"role": "user", "content": q}], tools, "required", max_tokens=1).stats for q in qs[1:]]
+        disk = []
+        for q in qs[1:]:
+            fresh = ToolACE.load(str(path), n_ctx=n_ctx, kv_cache=False)
+            fresh.cache = PromptCache(fresh.model, Path(tmp))
+            fresh.model.lltokenizer()
+            disk.append(fresh.chat([{"role": "user", "content": q}], tools, "required", max_tokens=1).stats)
+        c = cold.first_token_seconds
+        w = statistics.median(s.first_token_seconds for s in warm)
+        d = statistics.median(s.first_token_seconds for s in disk)
+        return {"tool_prompt_tokens": cold.prompt_tokens, "cold_seconds": c, "warm": _spread(
+            [s.first_token_seconds for s in warm]), "disk_warm": _spread([s.first_token_seconds for s in disk]),
+            "warm_over_cold": w / c, "disk_warm_over_cold": d / c}
+
+
+def _plot(report: dict[str, Any], out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = report["grammar_ms_per_token"]
+    names = ["llguidance", "llama", "llama-cpp-python grammar="]
+    vals = [g["llguidance"]["median"], g["llama"]["median"], g["llama_cpp_python_default"]["grammar_cost_ms_per_token"]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].bar(names, vals, color=["#2a7", "#27a", "#a52"])
+    axes[0].set_ylabel("grammar cost, ms per token (median)")
+    axes[0].set_yscale("log")
+    axes[0].set_title(f"grammar cost, vocab {report['n_vocab']}")
+    t = report["ttft"]
+    axes[1].bar(["cold", "warm", "disk-warm"], [t["cold_seconds"], t["warm"]["median"], t["disk_warm"]["median"]])
+    axes[1].set_ylabel("time to first token, s")
+    axes[1].set_title(f"TTFT, {t['tool_prompt_tokens']}-token tool prompt")
+    fig.tight_layout()
+    with atomic_output(out, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The headline figures as a few readable lines."""
+    g = report["grammar_ms_per_token"]
+    base = g["llama_cpp_python_default"]["grammar_cost_ms_per_token"]
+    e2e, t = report["e2e_call"], report["ttft"]
+    lines = [f"model {report['model']} (vocab {report['n_vocab']}, gpu layers {report['n_gpu_layers']})"]
+    for engine in ENGINES:
+        lines.append(f"grammar cost {engine:>10}: median {g[engine]['median']:.4f} ms/token, "
+                     f"p99 {g[engine]['p99']:.4f} ms/token")
+    lines += [f"grammar cost llama-cpp-python grammar=: {base:.3f} ms/token (mean)",
+              f"decode free {report['decode_tok_per_s']['free']['median']:.1f} tok/s, "
+              f"prompt {report['prompt_tok_per_s']['median']:.1f} tok/s",
+              f"e2e BFCL call constrained+ff / free: {e2e['ratio']:.3f} (forced share {e2e['forced_share']:.0%})",
+              f"TTFT {t['tool_prompt_tokens']}-token tools: cold {t['cold_seconds']:.3f} s, "
+              f"warm/cold {t['warm_over_cold']:.3f}, disk-warm/cold {t['disk_warm_over_cold']:.3f}",
+              f"peak RSS {report['peak_rss_mb']:.0f} MB, load {report['load_seconds']:.2f} s"]
+    return "\n".join(lines)

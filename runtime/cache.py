@@ -1,0 +1,80 @@
+"""Disk prompt cache: the KV state of the (long, stable) system prompt with its tool list, persisted so a desktop
+app's first call after a restart is warm. Keyed by the model file's sha256 and the prefix tokens' hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from toolace.fixtures import sha256_file
+from toolace.paths import atomic_output, toolace_home
+
+from .model import Model
+
+MAX_CACHE_FILES = 64  # state files kept per cache folder; oldest (by access) removed beyond this
+MIN_PREFIX_TOKENS = 64  # shorter prefixes are cheaper to recompute than to load from disk
+
+
+def model_digest(path: Path, index_dir: Path) -> str:
+    """sha256 of the model file, remembered per (path, size, mtime) so a 5 GB file is hashed once."""
+    st = path.stat()
+    index = index_dir / "model-hashes.json"
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        known = json.loads(index.read_text())
+    except (OSError, json.JSONDecodeError):
+        known = {}
+    if key not in known:
+        known[key] = sha256_file(path)
+        with atomic_output(index) as tmp:
+            tmp.write_text(json.dumps(known))
+    return str(known[key])
+
+
+class PromptCache:
+    def __init__(self, model: Model, folder: Path | None = None) -> None:
+        self.model = model
+        self.folder = folder or toolace_home() / "kv-cache"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._digest: str | None = None
+        self.hits = 0
+
+    def _path(self, prefix: Sequence[int]) -> Path:
+        if self._digest is None:
+            self._digest = model_digest(self.model.path, self.folder)
+        h = hashlib.sha256(self._digest.encode())
+        h.update(b"|n_ctx=%d|" % self.model.n_ctx)
+        h.update(",".join(map(str, prefix)).encode())
+        return self.folder / f"{h.hexdigest()[:32]}.kv"
+
+    def restore(self, prefix: Sequence[int]) -> bool:
+        """Load the prefix's KV from disk unless the live context already holds it."""
+        if len(prefix) < MIN_PREFIX_TOKENS or self.model.tokens[: len(prefix)] == list(prefix):
+            return False
+        path = self._path(prefix)
+        if not path.is_file():
+            return False
+        ok = self.model.load_state(path) and self.model.tokens == list(prefix)
+        if not ok:
+            self.model.reset()
+            return False
+        os.utime(path)
+        self.hits += 1
+        return True
+
+    def store(self, prefix: Sequence[int]) -> None:
+        """Persist the prefix's KV (the context must currently start with it); truncates the context to it."""
+        if len(prefix) < MIN_PREFIX_TOKENS or self.model.tokens[: len(prefix)] != list(prefix):
+            return
+        path = self._path(prefix)
+        if path.is_file():
+            return
+        self.model.truncate(len(prefix))
+        with atomic_output(path) as tmp:
+            self.model.save_state(tmp)
+        files = sorted(self.folder.glob("*.kv"), key=lambda p: p.stat().st_atime)
+        for old in files[:-MAX_CACHE_FILES]:
+            old.unlink(missing_ok=True)
