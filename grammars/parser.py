@@ -7,7 +7,6 @@ strict definition of the language."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 from collections.abc import Iterable
@@ -272,14 +271,19 @@ class StreamParser:
         self.tools = list(tools)
         self.text = ""
         self._emitted = 0
+        self.error: CallParseError | None = None
 
     def feed(self, chunk: str) -> list[Event]:
         self.text += chunk
         if not looks_like_calls(self.text):
             return []
         reader = _Reader(self.text, self.tools, partial=True)
-        with contextlib.suppress(_Incomplete):
+        try:
             reader.calls()
+        except _Incomplete:
+            pass
+        except CallParseError as e:  # text outside the language (unconstrained output): report, stop emitting
+            self.error = e
         new = reader.events[self._emitted:]
         self._emitted = len(reader.events)
         return new

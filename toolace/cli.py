@@ -215,5 +215,14 @@ def bench(model: str, data: str | None, json_out: str | None, plot: str | None, 
                                  max_tokens=max_tokens, n_ctx=n_ctx)))
 
 
+def _register() -> None:
+    """Verb modules define their own click commands; the CLI only gathers them."""
+    from toolace.runtime.evaluate import eval_cmd
+
+    main.add_command(eval_cmd)
+
+
+_register()
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,311 @@
+"""`toolace eval`: BFCL accuracy, validity and latency of a model; `--compare A B`: agreement of two quantizations.
+
+Tool choice (BFCL's setting for models with forced calling): "required" in the call categories, "auto" in
+irrelevance, where declining to call is the right answer. `tool_choice="auto"` uses auto everywhere.
+In auto mode an answer that starts as text is stopped at its first visible character unless `full_text` is set:
+BFCL scores only whether a call was made, and generating the rest of a long text answer costs minutes per category
+on a laptop without changing any score (latency for those rows is then the time to that verdict)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from toolace.grammars.gbnf import render_calls
+from toolace.grammars.schema import normalise_tools
+
+from toolace.bfcl import CATEGORIES, Question, ground_truth_calls, load_questions
+from toolace.errors import InputError, ToolaceError
+from toolace.limits import MAX_MAX_TOKENS
+from toolace.paths import atomic_output
+
+from .ast_checker import check
+
+DEFAULT_CATEGORIES = "simple_python,multiple,parallel,parallel_multiple,irrelevance"
+TOOL_CHOICE_MODES = ("category", "auto")
+# The longest BFCL ground truth (parallel_137) is 241 SmolLM2 tokens and ~200 Llama-3 tokens: 256 cuts none of them.
+EVAL_MAX_TOKENS = 256
+COMPARE_TRANSCRIPTS = 20  # token-level comparison: enough positions (~800) for a stable KL mean, seconds on a laptop
+RAW_CHARS_KEPT = 400  # model output kept per question in the JSON report
+
+
+def default_data_dir() -> str | None:
+    """TOOLACE_BFCL_DIR, else ../shared/bfcl beside the checkout (where CI keeps the BFCL data)."""
+    env = os.environ.get("TOOLACE_BFCL_DIR")
+    if env:
+        return env
+    beside = Path(__file__).resolve().parents[2] / "shared" / "bfcl"
+    return str(beside) if beside.is_dir() else None
+
+
+def _categories(categories: str) -> tuple[str, ...]:
+    cats = tuple(c.strip() for c in categories.split(",") if c.strip())
+    if not cats:
+        raise InputError("no categories given")
+    unknown = [c for c in cats if c not in CATEGORIES]
+    if unknown:
+        raise InputError(f"unknown BFCL categories {', '.join(unknown)}; known: {', '.join(CATEGORIES)}")
+    return cats
+
+
+def _questions(data: str | None, categories: str, limit: int | None) -> list[Question]:
+    if data is None:
+        raise InputError("no BFCL data found: pass --data DIR (BFCL_v4_*.json and possible_answer/)")
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be at least 1, got {limit}")
+    out: list[Question] = []
+    for cat in _categories(categories):
+        qs = [q for q in load_questions(data, (cat,))]
+        out += qs[:limit] if limit else qs
+    return out
+
+
+def _choice(q: Question, mode: str) -> str:
+    if mode not in TOOL_CHOICE_MODES:
+        raise InputError(f"tool choice mode must be one of {', '.join(TOOL_CHOICE_MODES)}, got {mode!r}")
+    return "auto" if mode == "auto" or q.category == "irrelevance" else "required"
+
+
+def _run(ta: Any, q: Question, tool_choice: str, max_tokens: int, full_text: bool) -> dict[str, Any]:
+    """One question through the model: calls (or text), validity, finish reason, latency."""
+    start = time.perf_counter()
+    if tool_choice == "auto" and not full_text:
+        raw, result = "", None
+        stream = ta.stream(q.messages, q.functions, tool_choice, max_tokens=max_tokens)
+        try:
+            for event in stream:
+                if event.kind == "done":
+                    result = event.result
+                elif event.kind == "text":
+                    raw += event.text
+                    if raw.strip():  # the answer is text: no call follows, the verdict is known
+                        break
+        finally:
+            stream.close()  # releases the model lock; the next prefill reuses the KV prefix as usual
+        if result is None:
+            return {"calls": [], "raw": raw, "valid": True, "errors": [], "finish_reason": "text",
+                    "latency_s": time.perf_counter() - start, "completion_tokens": None}
+    else:
+        result = ta.chat(q.messages, q.functions, tool_choice, max_tokens=max_tokens)
+    return {"calls": result.calls, "raw": result.raw, "valid": bool(result.valid), "errors": result.errors,
+            "finish_reason": result.finish_reason, "latency_s": time.perf_counter() - start,
+            "completion_tokens": result.stats.completion_tokens}
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-category numbers. Validity counts outputs that are call lists which parse and validate, over the outputs
+    that had to be calls (required mode) or chose to be (auto); outputs cut by max_tokens are counted apart."""
+    n = len(rows)
+    cut = sum(r["finish_reason"] == "length" for r in rows)
+    call_mode = [r for r in rows if r["tool_choice"] != "auto" or r["raw"].lstrip().startswith("[")]
+    judged = [r for r in call_mode if r["finish_reason"] != "length"]
+    valid = sum(bool(r["valid"] and r["calls"]) for r in judged)
+    lat = [r["latency_s"] for r in rows]
+    return {"n": n, "correct": sum(r["correct"] for r in rows),
+            "accuracy": sum(r["correct"] for r in rows) / n if n else None,
+            "tool_choice": sorted({r["tool_choice"] for r in rows}),
+            "call_outputs": len(call_mode), "valid": valid, "validity": valid / len(judged) if judged else None,
+            "cut_by_max_tokens": cut,
+            "latency_mean_s": statistics.fmean(lat) if lat else None,
+            "latency_median_s": statistics.median(lat) if lat else None}
+
+
+def _progress(items: list[Any], desc: str, progress: bool) -> Iterable[Any]:
+    if not progress:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="q", dynamic_ncols=True)
+
+
+def _write_json(report: dict[str, Any], json_out: str | None) -> None:
+    if json_out:
+        with atomic_output(json_out) as tmp:
+            tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+
+
+def _check_max_tokens(max_tokens: int) -> None:
+    if not 1 <= max_tokens <= MAX_MAX_TOKENS:
+        raise InputError(f"--max-tokens must be between 1 and {MAX_MAX_TOKENS}, got {max_tokens}")
+
+
+def evaluate(model: str = "demo", data: str | None = default_data_dir(), categories: str = DEFAULT_CATEGORIES,
+             limit: int | None = None, json_out: str | None = None, tool_choice: str = "category",
+             max_tokens: int = EVAL_MAX_TOKENS, full_text: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run BFCL questions through `model`, score them with the AST checker, and report per category.
+    `limit` is per category (the first N questions of each)."""
+    from toolace.api import ToolACE
+
+    _check_max_tokens(max_tokens)
+    questions = _questions(data, categories, limit)
+    for q in questions:
+        _choice(q, tool_choice)
+    # Every question has its own tool set: persisting each tool prompt's KV to disk would only cost writes.
+    ta = ToolACE.load(model, kv_cache=False)
+    rows: list[dict[str, Any]] = []
+    for q in _progress(questions, "eval", progress):
+        tools = normalise_tools(q.functions)
+        choice = _choice(q, tool_choice)
+        out = _run(ta, q, choice, max_tokens, full_text)
+        verdict = check(q, out["calls"], tools)
+        rows.append({"id": q.id, "category": q.category, "tool_choice": choice, "correct": verdict.correct,
+                     "reason": verdict.reason, **out, "raw": out["raw"][:RAW_CHARS_KEPT]})
+    cats = list(dict.fromkeys(r["category"] for r in rows))
+    per_cat = {c: _summary([r for r in rows if r["category"] == c]) for c in cats}
+    accs = [s["accuracy"] for s in per_cat.values() if s["accuracy"] is not None]
+    report = {"model": str(model), "model_file": str(ta.model.path), "data": str(data), "limit_per_category": limit,
+              "tool_choice": tool_choice,
+              "tool_choice_note": "auto everywhere" if tool_choice == "auto" else
+              "required in call categories, auto in irrelevance",
+              "max_tokens": max_tokens, "text_answers": "full" if full_text else "stopped at first character",
+              "engine": ta.engine, "categories": per_cat,
+              "overall": {**_summary(rows), "category_mean_accuracy": statistics.fmean(accs) if accs else None},
+              "questions": rows}
+    _write_json(report, json_out)
+    return report
+
+
+# --- comparing two quantizations ----------------------------------------------------------------------------------
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x -= x.max()
+    return x - math.log(float(np.exp(x).sum()))
+
+
+def _next_token_logprobs(model: Any, prompt: list[int], transcript: list[int]) -> list[np.ndarray]:
+    """Log-probabilities of the next token before each transcript token (prompt, then teacher forcing)."""
+    model.prefill(prompt)
+    out = [_log_softmax(model.logits())]
+    for tok in transcript[:-1]:
+        model.eval([tok])
+        out.append(_log_softmax(model.logits()))
+    return out
+
+
+def _transcripts(questions: list[Question], count: int) -> list[tuple[Question, list[dict[str, Any]]]]:
+    """Up to `count` questions with a concrete ground truth, round-robin over categories so each is represented."""
+    queues: dict[str, list[Question]] = {}
+    for q in questions:
+        if q.ground_truth is not None:
+            queues.setdefault(q.category, []).append(q)
+    picked: list[tuple[Question, list[dict[str, Any]]]] = []
+    while len(picked) < count and any(queues.values()):
+        for queue in queues.values():
+            if queue and len(picked) < count:
+                q = queue.pop(0)
+                calls = ground_truth_calls(q, normalise_tools(q.functions))
+                if calls:
+                    picked.append((q, calls))
+    return picked
+
+
+def compare(a: str, b: str, data: str | None = default_data_dir(), categories: str = DEFAULT_CATEGORIES,
+            limit: int | None = None, json_out: str | None = None, tool_choice: str = "category",
+            max_tokens: int = EVAL_MAX_TOKENS, transcripts: int = COMPARE_TRANSCRIPTS,
+            progress: bool = True) -> dict[str, Any]:
+    """Call-level agreement (identical parsed calls on the same prompts) and token-level KL(a||b) and top-1
+    agreement on ground-truth call transcripts. Both models stay loaded together: KL needs both full distributions
+    at every position, and keeping one model's ~800 x vocab log-probabilities would cost more memory."""
+    from toolace.api import ToolACE
+
+    _check_max_tokens(max_tokens)
+    questions = _questions(data, categories, limit)
+    ta_a, ta_b = ToolACE.load(a, kv_cache=False), ToolACE.load(b, kv_cache=False)
+    if ta_a.model.n_vocab != ta_b.model.n_vocab:
+        raise InputError(f"{a} and {b} have different vocabularies ({ta_a.model.n_vocab} vs {ta_b.model.n_vocab}): "
+                         "not two quantizations of one model")
+    agree: dict[str, list[bool]] = {}
+    for q in _progress(questions, "compare", progress):
+        choice = _choice(q, tool_choice)
+        # Text answers stop early as in evaluate: two text answers agree (no calls either way), as BFCL would see it.
+        ra, rb = (_run(t, q, choice, max_tokens, full_text=False) for t in (ta_a, ta_b))
+        agree.setdefault(q.category, []).append(ra["calls"] == rb["calls"])
+    kls: list[float] = []
+    top1: list[bool] = []
+    picked = _transcripts(questions, transcripts)
+    for q, calls in _progress(picked, "logits", progress):
+        tools = normalise_tools(q.functions)
+        prompt = ta_a.prompt_tokens(q.messages, tools)
+        transcript = ta_a.model.tokenize(render_calls(calls), special=False)
+        if prompt != ta_b.prompt_tokens(q.messages, tools) or \
+                transcript != ta_b.model.tokenize(render_calls(calls), special=False):
+            raise InputError(f"{a} and {b} tokenize the same prompt differently: not two quantizations of one model")
+        with ta_a.lock, ta_b.lock:
+            lp_a = _next_token_logprobs(ta_a.model, prompt, transcript)
+            lp_b = _next_token_logprobs(ta_b.model, prompt, transcript)
+        for pa, pb in zip(lp_a, lp_b, strict=True):
+            kls.append(float(np.sum(np.exp(pa) * (pa - pb))))
+            top1.append(int(pa.argmax()) == int(pb.argmax()))
+    all_agree = [x for v in agree.values() for x in v]
+    report = {"a": str(a), "b": str(b), "a_file": str(ta_a.model.path), "b_file": str(ta_b.model.path),
+              "limit_per_category": limit, "tool_choice": tool_choice,
+              "call_agreement": {c: sum(v) / len(v) for c, v in agree.items()},
+              "call_agreement_overall": sum(all_agree) / len(all_agree) if all_agree else None,
+              "questions": len(all_agree),
+              "token": {"transcripts": len(picked), "positions": len(kls),
+                        "kl_mean": statistics.fmean(kls) if kls else None, "kl_max": max(kls) if kls else None,
+                        "top1_agreement": sum(top1) / len(top1) if top1 else None}}
+    _write_json(report, json_out)
+    return report
+
+
+# --- CLI ----------------------------------------------------------------------------------------------------------
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:5.1f}%"
+
+
+def print_eval_table(report: dict[str, Any]) -> None:
+    click.echo(f"model {report['model']}  tool_choice: {report['tool_choice_note']}  max_tokens {report['max_tokens']}")
+    click.echo(f"{'category':<20}{'n':>5}{'accuracy':>10}{'validity':>10}{'cut':>5}{'mean s':>8}{'median s':>9}")
+    for name, s in [*report["categories"].items(), ("overall", report["overall"])]:
+        click.echo(f"{name:<20}{s['n']:>5}{_pct(s['accuracy']):>10}{_pct(s['validity']):>10}"
+                   f"{s['cut_by_max_tokens']:>5}{s['latency_mean_s']:>8.2f}{s['latency_median_s']:>9.2f}")
+
+
+def print_compare_table(report: dict[str, Any]) -> None:
+    click.echo(f"A {report['a']}  vs  B {report['b']}  ({report['questions']} questions)")
+    for cat, frac in report["call_agreement"].items():
+        click.echo(f"  call agreement {cat:<20}{_pct(frac)}")
+    click.echo(f"  call agreement {'overall':<20}{_pct(report['call_agreement_overall'])}")
+    tok = report["token"]
+    kl = "-" if tok["kl_mean"] is None else f"{tok['kl_mean']:.5f} (max {tok['kl_max']:.5f})"
+    click.echo(f"  token level: {tok['transcripts']} transcripts, {tok['positions']} positions, KL(A||B) mean {kl}, "
+               f"top-1 agreement {_pct(tok['top1_agreement'])}")
+
+
+_compare = compare  # the CLI's --compare flag shadows the function's name inside eval_cmd
+
+
+@click.command("eval")
+@click.option("--model", default="demo", show_default=True, help="GGUF path, 'demo', or a pulled name.")
+@click.option("--data", default=default_data_dir(), show_default=True, help="BFCL data folder.")
+@click.option("--categories", default=DEFAULT_CATEGORIES, show_default=True, help="Comma-separated BFCL categories.")
+@click.option("--limit", type=int, default=None, help="Questions per category (the first N).")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the report here.")
+@click.option("--tool-choice", type=click.Choice(TOOL_CHOICE_MODES), default="category", show_default=True,
+              help="category: required for call categories, auto for irrelevance; auto: auto everywhere.")
+@click.option("--max-tokens", type=int, default=EVAL_MAX_TOKENS, show_default=True)
+@click.option("--full-text", is_flag=True, help="Generate text answers to the end (slower, same scores).")
+@click.option("--compare", nargs=2, default=None, metavar="A B", help="Compare two GGUF quantizations instead.")
+def eval_cmd(model: str, data: str | None, categories: str, limit: int | None, json_out: str | None,
+             tool_choice: str, max_tokens: int, full_text: bool, compare: tuple[str, str] | None) -> None:
+    """Score a model on BFCL (accuracy, validity, latency), or --compare A B for quantization agreement."""
+    try:
+        if compare:
+            print_compare_table(_compare(compare[0], compare[1], data=data, categories=categories, limit=limit,
+                                         json_out=json_out, tool_choice=tool_choice, max_tokens=max_tokens))
+        else:
+            print_eval_table(evaluate(model, data=data, categories=categories, limit=limit, json_out=json_out,
+                                      tool_choice=tool_choice, max_tokens=max_tokens, full_text=full_text))
+    except ToolaceError as e:
+        exc = click.ClickException(str(e))
+        exc.exit_code = e.exit_code
+        raise exc from None
