@@ -11,12 +11,12 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from toolace.errors import SchemaError, ToolaceError
 from toolace.grammars.check import check_text, to_llguidance
 from toolace.grammars.compile import compile_grammar
 from toolace.grammars.parser import CallParseError, StreamParser, parse_calls
 from toolace.grammars.schema import normalise_tools
+
+from toolace.errors import SchemaError
 
 N = 10_000 if os.environ.get("TOOLACE_STRESS") else 300
 FUZZ = settings(max_examples=N, deadline=None, suppress_health_check=list(HealthCheck), database=None)
