@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from toolace.grammars.schema import Tool, normalise_tools
-
 from toolace.bfcl import STRING_LANGUAGES, Question
 from toolace.errors import InputError
+from toolace.grammars.schema import Tool, normalise_tools
 
 PARALLEL_CATEGORIES = ("parallel", "parallel_multiple")
 # BFCL's normalisation: spaces and these punctuation marks carry no meaning in an answer; case neither.

@@ -143,9 +143,8 @@ def bench(model: str = "demo", data: str | None = None, json_out: str | None = N
 def _ttft(path: Path, data: Path | None, n_ctx: int, runs: int) -> dict[str, Any]:
     """Cold (nothing cached), warm (same process, prefix in the KV cache), disk-warm (new process state loaded
     from the disk cache) time to first token with a ~2k-token tool list."""
-    from toolace.runtime.cache import PromptCache
-
     from toolace.api import ToolACE
+    from toolace.runtime.cache import PromptCache
 
     with tempfile.TemporaryDirectory() as tmp:
         ta = ToolACE.load(str(path), n_ctx=n_ctx, kv_cache=False)

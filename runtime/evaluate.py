@@ -19,11 +19,11 @@ from typing import Any
 
 import click
 import numpy as np
-from toolace.grammars.gbnf import render_calls
-from toolace.grammars.schema import normalise_tools
 
 from toolace.bfcl import CATEGORIES, Question, ground_truth_calls, load_questions
 from toolace.errors import InputError, ToolaceError
+from toolace.grammars.gbnf import render_calls
+from toolace.grammars.schema import normalise_tools
 from toolace.limits import MAX_MAX_TOKENS
 from toolace.paths import atomic_output
 

@@ -18,6 +18,7 @@ import numpy as np
 from toolace.errors import GenerationError, ModelFileError
 from toolace.limits import DEFAULT_N_CTX, MAX_N_CTX
 
+from ..convert.gguf_check import check_gguf
 from .prompt import LLAMA3_TEMPLATE, ChatTemplate, Segment
 
 
@@ -47,15 +48,13 @@ class Model:
             raise ModelFileError(f"model file not found: {self.path}")
         if not 16 <= n_ctx <= MAX_N_CTX:
             raise ModelFileError(f"n_ctx must be between 16 and {MAX_N_CTX}, got {n_ctx}")
-        try:  # INTEGRATION-PENDING
-            from ..convert.gguf_check import check_gguf  # refuse crafted files before llama.cpp parses them
-            check_gguf(self.path)
-        except ImportError:
-            pass
+        check_gguf(self.path)  # refuse crafted files before llama.cpp parses them (it has overflowed on some)
         self.n_gpu_layers = resolve_gpu_layers(n_gpu_layers)
+        # Prompt threads too: llama-cpp-python's default (every core) thrashes a busy small machine.
+        threads = n_threads or default_threads()
         try:
             self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_gpu_layers=self.n_gpu_layers,
-                                       n_threads=n_threads or default_threads(), n_batch=n_batch, verbose=False)
+                                       n_threads=threads, n_threads_batch=threads, n_batch=n_batch, verbose=False)
         except (ValueError, RuntimeError) as e:
             raise ModelFileError(f"llama.cpp could not load {self.path}: {e}") from None
         self.ctx = self.llm._ctx.ctx

@@ -51,3 +51,11 @@ def weather_tools() -> list[dict]:
 @pytest.fixture(scope="session")
 def bfcl_dir() -> Path:
     return _required(BFCL_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_gguf(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Path:
+    """The tiny Llama-3.1 fixture converted to F16 GGUF by our converter (made once per session)."""
+    from tests.helpers.converted import converted
+
+    return converted(tmp_path_factory, tiny_llama_dir, "f16")

@@ -9,11 +9,11 @@ from typing import Any
 
 import jsonschema
 import pytest
+
+from toolace.bfcl import Question, ground_truth_calls, load_questions
 from toolace.grammars.check import check_text
 from toolace.grammars.compile import CompiledGrammar, compile_grammar
 from toolace.grammars.gbnf import render_calls
-
-from toolace.bfcl import Question, ground_truth_calls, load_questions
 
 # Ground truths that contradict their own declared schema (BFCL data quirks): None for a number, True for a
 # string, a string for an array. jsonschema rejects them too, and so must the grammar.

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from toolace.runtime.evaluate import compare, eval_cmd, evaluate
 
 from toolace.errors import InputError
+from toolace.runtime.evaluate import compare, eval_cmd, evaluate
 
 CATEGORY_KEYS = {"n", "correct", "accuracy", "tool_choice", "call_outputs", "valid", "validity", "cut_by_max_tokens",
                  "latency_mean_s", "latency_median_s"}

@@ -3,20 +3,23 @@ exception and never a hang. `make stress` (TOOLACE_STRESS=1) runs >= 10,000 inpu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from toolace.errors import SchemaError
 from toolace.grammars.check import check_text, to_llguidance
 from toolace.grammars.compile import compile_grammar
 from toolace.grammars.parser import CallParseError, StreamParser, parse_calls
 from toolace.grammars.schema import normalise_tools
-
-from toolace.errors import SchemaError
 
 N = 10_000 if os.environ.get("TOOLACE_STRESS") else 300
 FUZZ = settings(max_examples=N, deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -115,3 +118,41 @@ def test_bad_grammars_and_token_ids_never_crash_llama_cpp(smollm2_gguf) -> None:
 def test_check_text_on_hostile_text_is_bounded() -> None:
     gbnf = compile_grammar(TOOLS, "required").gbnf
     assert not check_text(gbnf, "[" * 100_000).ok
+
+
+SEED_GGUF = None
+
+
+def _seed_gguf() -> bytes:
+    global SEED_GGUF
+    if SEED_GGUF is None:
+        from tests.helpers.gguf_bytes import valid_gguf
+
+        SEED_GGUF = valid_gguf()
+    return SEED_GGUF
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_gguf_precheck(data: st.DataObject) -> None:
+    """Byte flips, splices and truncations of a valid GGUF: the pre-check passes it or raises ModelFileError."""
+    from toolace.convert.gguf_check import check_gguf
+    from toolace.errors import ModelFileError
+
+    raw = bytearray(_seed_gguf())
+    for _ in range(data.draw(st.integers(1, 6), label="edits")):
+        kind = data.draw(st.sampled_from(["flip", "set", "truncate", "insert"]), label="kind")
+        pos = data.draw(st.integers(0, max(0, len(raw) - 1)), label="pos")
+        if kind == "flip" and raw:
+            raw[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "set" and raw:
+            raw[pos:pos + 8] = data.draw(st.binary(min_size=8, max_size=8))
+        elif kind == "truncate":
+            del raw[pos:]
+        else:
+            raw[pos:pos] = data.draw(st.binary(max_size=16))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "f.gguf"
+        path.write_bytes(bytes(raw))
+        with contextlib.suppress(ModelFileError):
+            check_gguf(path)

@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
+
+from tests.conftest import EXAMPLES
 from toolace.grammars.check import check_text
 from toolace.grammars.compile import compile_grammar
 from toolace.grammars.schema import load_tools
-
-from tests.conftest import EXAMPLES
 
 WEATHER = load_tools(EXAMPLES / "weather.json")
 TRAVEL = load_tools(EXAMPLES / "bfcl_travel.json")

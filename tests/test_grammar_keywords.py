@@ -8,11 +8,11 @@ from typing import Any
 
 import jsonschema
 import pytest
+
+from toolace.errors import SchemaError
 from toolace.grammars.check import check_text
 from toolace.grammars.compile import compile_grammar
 from toolace.grammars.gbnf import py_literal
-
-from toolace.errors import SchemaError
 
 # keyword: (schema, must accept, [(must reject, near miss)])
 TABLE: dict[str, tuple[dict[str, Any], list[Any], list[tuple[Any, Any]]]] = {

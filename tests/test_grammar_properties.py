@@ -14,6 +14,7 @@ import jsonschema
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from toolace.grammars.check import check_text, sample_text
 from toolace.grammars.compile import compile_grammar
 from toolace.grammars.gbnf import py_literal

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from toolace.grammars.schema import normalise_tools
-from toolace.runtime.prompt import LLAMA3_TEMPLATE, ChatTemplate, Segment, system_prompt, tool_messages
 
 from toolace.errors import TemplateError
+from toolace.grammars.schema import normalise_tools
+from toolace.runtime.prompt import LLAMA3_TEMPLATE, ChatTemplate, Segment, system_prompt, tool_messages
 
 GOLDEN = (
     "You are an expert in composing functions. You are given a question and a set of possible functions. "

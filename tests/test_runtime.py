@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from toolace.runtime.cache import PromptCache
 
 from toolace.api import ToolACE
 from toolace.errors import GenerationError, InputError
+from toolace.runtime.cache import PromptCache
 
 TOOLS = [
     {"name": "find_user", "description": "Look up a user's numeric id by name.", "parameters": {

@@ -18,12 +18,12 @@ import openai
 import pytest
 import uvicorn
 from openai import OpenAI
-from toolace.grammars.schema import normalise_tools
-from toolace.runtime.prompt import system_prompt
-from toolace.runtime.server import MAX_BODY_BYTES, create_app, serve
 
 from toolace.api import ToolACE
 from toolace.errors import InputError
+from toolace.grammars.schema import normalise_tools
+from toolace.runtime.prompt import system_prompt
+from toolace.runtime.server import MAX_BODY_BYTES, create_app, serve
 
 QUESTION = "What's the weather like in Paris in celsius?"
 KEY = "test-key-123"

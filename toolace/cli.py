@@ -217,9 +217,11 @@ def bench(model: str, data: str | None, json_out: str | None, plot: str | None, 
 
 def _register() -> None:
     """Verb modules define their own click commands; the CLI only gathers them."""
+    from toolace.convert.cli import COMMANDS
     from toolace.runtime.evaluate import eval_cmd
 
-    main.add_command(eval_cmd)
+    for command in (*COMMANDS, eval_cmd):
+        main.add_command(command)
 
 
 _register()

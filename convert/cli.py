@@ -1,0 +1,96 @@
+"""Click commands for conversion: `convert`, `quantize`, `pull`, `info`. Thin on purpose: each passes its flags,
+named as the library function's parameters, straight through, and turns a ToolaceError into one line and the
+error's exit code. toolace/cli.py registers them on the main group."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from toolace.errors import ToolaceError
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Make SIGTERM unwind like Ctrl-C, so temporary outputs are removed; Python's default is to die on the spot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _call(fn: Callable[..., Any], **kwargs: Any) -> Any:
+    try:
+        with _sigterm_unwinds():
+            return fn(**kwargs)
+    except ToolaceError as e:
+        exc = click.ClickException(str(e))
+        exc.exit_code = e.exit_code
+        raise exc from None
+
+
+@click.command("convert")
+@click.argument("src")
+@click.option("-o", "--outfile", required=True, type=click.Path(dir_okay=False), help="GGUF file to write.")
+@click.option("--outtype", default="f16", show_default=True,
+              help="f32, f16, bf16, or a llama.cpp quantization type (Q8_0, Q4_K_M, ...).")
+@click.option("--revision", default=None, help="Hub branch, tag or commit (hub repo ids only).")
+def convert_cmd(**kwargs: Any) -> None:
+    """Convert a Hugging Face checkpoint (local folder or hub repo id) to GGUF."""
+    from .convert import convert
+
+    click.echo(_call(convert, **kwargs))
+
+
+@click.command("quantize")
+@click.argument("infile", type=click.Path(dir_okay=False))
+@click.argument("outfile", type=click.Path(dir_okay=False))
+@click.option("--type", "type", default="Q4_K_M", show_default=True, help="llama.cpp quantization type.")
+@click.option("--imatrix", default=None, type=click.Path(dir_okay=False),
+              help="Importance matrix (llama-imatrix output, GGUF or legacy .dat).")
+@click.option("--output-tensor-type", default=None, help="Pin output.weight to this ggml type (e.g. Q8_0).")
+@click.option("--token-embedding-type", default=None, help="Pin token_embd.weight to this ggml type.")
+def quantize_cmd(**kwargs: Any) -> None:
+    """Quantize a GGUF file with llama.cpp's quantizer."""
+    from .quantize import quantize
+
+    click.echo(_call(quantize, **kwargs))
+
+
+@click.command("pull")
+@click.argument("repo_id")
+@click.option("-q", "--quant", default="Q4_K_M", show_default=True, help="llama.cpp quantization type.")
+@click.option("--revision", default=None, help="Hub branch, tag or commit.")
+def pull_cmd(**kwargs: Any) -> None:
+    """Download a hub checkpoint, convert and quantize it into the model store, and register it."""
+    from .pull import pull
+
+    click.echo(_call(pull, **kwargs))
+
+
+@click.command("info")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def info_cmd(file: str, as_json: bool) -> None:
+    """Inspect a GGUF file (its header only; the file is checked before anything trusts it)."""
+    from .info import format_info, info
+
+    summary = _call(info, file=file)
+    click.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))
+
+
+COMMANDS = (convert_cmd, quantize_cmd, pull_cmd, info_cmd)

@@ -1,0 +1,46 @@
+"""The validity guarantee under an adversarial sampler: the tiny random-weight Llama-3.1 (128,256-token vocabulary)
+sampling at temperature 1.5 under the grammar for BFCL's functions. Every output that ends is a call list that
+parses and validates; outputs cut by max_tokens are counted apart, never as valid. `make stress` runs >= 10,000
+samples over every BFCL function set; `make test` a short run."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+from toolace.api import ToolACE
+from toolace.bfcl import load_questions
+from toolace.grammars.check import check_text
+from toolace.grammars.schema import normalise_tools
+
+STRESS = bool(os.environ.get("TOOLACE_STRESS"))
+SAMPLES = 10_000 if STRESS else 60
+MAX_TOKENS = 64
+
+
+def test_random_weights_at_temperature_1_5_never_emit_an_invalid_call(tiny_llama_gguf: Path, bfcl_dir: Path) -> None:
+    ta = ToolACE.load(str(tiny_llama_gguf), n_ctx=4096, kv_cache=False)
+    questions = list(load_questions(bfcl_dir))
+    counts: Counter[str] = Counter()
+    for i in range(SAMPLES):
+        q = questions[(i * 7919) % len(questions)]  # a stride through every category
+        mode = ["required", "auto", q.functions[0]["name"]][i % 3]
+        r = ta.chat(q.messages, q.functions, mode, temperature=1.5, seed=i, max_tokens=MAX_TOKENS,
+                    parallel_tool_calls=i % 2 == 0)
+        if r.finish_reason == "length":
+            # Not valid, but it never left the language: every byte was a viable prefix of a sentence.
+            verdict = check_text(ta.grammar(normalise_tools(q.functions), mode, i % 2 == 0).gbnf, r.raw)
+            assert verdict.ok or verdict.offset == len(r.raw), f"{q.id}: {verdict.where(r.raw)}"
+            counts["cut by max_tokens"] += 1
+            continue
+        if mode == "auto" and not r.calls:
+            assert r.text and not r.text.startswith("["), (q.id, r.raw)
+            counts["text (auto)"] += 1
+            continue
+        assert r.calls and r.valid, f"{q.id} mode {mode} seed {i}: {r.raw!r} {r.errors}"
+        if mode not in ("required", "auto"):
+            assert {c["name"] for c in r.calls} == {mode}
+        counts["valid calls"] += 1
+    print(f"\nadversarial sampling: {SAMPLES} samples: {dict(counts)}; 0 invalid")
+    assert counts["valid calls"] > 0
