@@ -37,11 +37,12 @@ lint: install
 	$(BIN)/ruff check .
 
 bench: install fixtures
-	$(BIN)/python -m pytest -q -m slow --co >/dev/null 2>&1 || true
-	$(BIN)/toolace bench --model demo --json bench/results/smollm2.json
+	$(BIN)/python bench/run.py
 
+# Long fuzz and adversarial-sampling runs (>= 10,000 inputs each) and the full BFCL validity set.
 stress: install fixtures
-	TOOLACE_STRESS=1 $(BIN)/python -m pytest -q -m slow
+	TOOLACE_STRESS=1 $(BIN)/python -m pytest -q -s tests/test_fuzz.py tests/test_grammar_properties.py \
+		tests/test_adversarial.py tests/test_validity.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

@@ -25,6 +25,7 @@ from toolace.limits import (
     MAX_CHECKPOINT_TENSORS,
     MAX_SAFETENSORS_HEADER_BYTES,
 )
+from toolace.paths import read_json_file
 
 # Source dtypes a converter can read without torch; BF16 travels as raw uint16 bit patterns (numpy has no bfloat16).
 DTYPES: dict[str, tuple[np.dtype, int]] = {
@@ -53,16 +54,7 @@ class TensorRef:
 
 def read_json(path: Path, limit: int = MAX_CHECKPOINT_JSON_BYTES) -> Any:
     """Parse a JSON file, refusing one larger than `limit` bytes or not valid UTF-8 JSON."""
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise ModelFileError(f"{path.name}: cannot read: {e.strerror}") from None
-    if size > limit:
-        raise ModelFileError(f"{path.name}: {size} bytes is over the {limit}-byte limit for this file")
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{path.name}: not valid JSON: {e}") from None
+    return read_json_file(path, limit, ModelFileError, path.name)
 
 
 def _safetensors_header(path: Path) -> dict[str, TensorRef]:

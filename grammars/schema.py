@@ -5,7 +5,6 @@ and a JSON Schema for the grammar compiler and the validator."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ import jsonschema
 
 from toolace.errors import SchemaError
 from toolace.limits import MAX_ENUM_VALUES, MAX_NAME_CHARS, MAX_SCHEMA_DEPTH, MAX_TOOLS, MAX_TOOLS_FILE_BYTES
+from toolace.paths import read_json_file
 
 # Dialect type names → JSON Schema types: BFCL's Python dialect plus the Java/JavaScript names of its other sets.
 TYPE_ALIASES: dict[str, str | None] = {
@@ -209,16 +209,4 @@ def normalise_tools(entries: Any) -> list[Tool]:
 def load_tools(path: str | Path) -> list[Tool]:
     """Read and normalise a JSON tools file."""
     p = Path(path)
-    try:
-        size = p.stat().st_size
-    except OSError as e:
-        raise SchemaError(f"cannot read tools file {str(p)!r}: {e.strerror}") from None
-    if size > MAX_TOOLS_FILE_BYTES:
-        raise SchemaError(f"tools file {str(p)!r} is {size} bytes, the limit is {MAX_TOOLS_FILE_BYTES}")
-    try:
-        data = json.loads(p.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SchemaError(f"tools file {str(p)!r} is not JSON: {e}") from None
-    except RecursionError:
-        raise SchemaError(f"tools file {str(p)!r} nests too deeply") from None
-    return normalise_tools(data)
+    return normalise_tools(read_json_file(p, MAX_TOOLS_FILE_BYTES, SchemaError, f"tools file {str(p)!r}"))

@@ -14,7 +14,7 @@ WEATHER = str(EXAMPLES / "weather.json")
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    ("{", "is not JSON"),
+    ("{", "not valid JSON"),
     ("[]", "tools list is empty"),
     ('[{"description": "no name"}]', "tool #0: no 'name'"),
     ('[{"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "quaternion"}}}}]',
@@ -34,7 +34,7 @@ def test_bad_tools_file_exit_2_one_line(tmp_path: Path, content: str, message: s
 
 def test_missing_tools_file() -> None:
     res = CliRunner().invoke(main, ["grammar", "--tools", "/nonexistent/tools.json"])
-    assert res.exit_code == 2 and "cannot read tools file" in res.output
+    assert res.exit_code == 2 and "tools file '/nonexistent/tools.json': cannot read" in res.output
 
 
 def test_grammar_check_exit_codes() -> None:

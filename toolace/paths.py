@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from toolace.errors import ToolaceError
 
 HOME_ENV = "TOOLACE_HOME"
 
@@ -15,6 +19,22 @@ def toolace_home() -> Path:
     """The folder for fixtures, the model store and KV caches (TOOLACE_HOME, else ~/.cache/toolace)."""
     env = os.environ.get(HOME_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "toolace"
+
+
+def read_json_file(path: Path, limit: int, error: type[ToolaceError], what: str) -> Any:
+    """Parse a JSON file of at most `limit` bytes; any fault is one `error` naming `what`."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise error(f"{what}: cannot read: {e.strerror}") from None
+    if size > limit:
+        raise error(f"{what}: {size} bytes is over the {limit}-byte limit for this file")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{what}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise error(f"{what}: JSON nests too deeply") from None
 
 
 @contextmanager
