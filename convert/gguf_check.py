@@ -142,6 +142,8 @@ class _Cursor:
             raise self.fail(f"{what}: contains a string that is not valid UTF-8") from None
         if not keep:
             return None
+        if not prefixes:  # an empty array (the zip below pairs each start with the next one)
+            return []
         return [self.buf[a + 8:b].decode("utf-8") for a, b in zip(prefixes, [*prefixes[1:], pos], strict=True)]
 
 
