@@ -8,7 +8,7 @@ they are compared as text, and where the answer is not a string the source is re
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -276,31 +276,32 @@ class _Source:
             return {"true": True, "false": False, "null": None, "None": None}.get(m.group(), m.group())
         raise ValueError(f"unexpected {ch!r}")
 
-    def items(self, close: str, depth: int) -> list[Any]:
-        out: list[Any] = []
+    def _separated(self, close: str, read_one: Callable[[], None]) -> None:
+        """Call `read_one` for each comma-separated entry up to `close` (a trailing comma allowed), then skip it."""
         self.ws()
         while not self.s.startswith(close, self.i):
-            out.append(self.value(depth + 1))
+            read_one()
             self.ws()
             if self.s.startswith(",", self.i):
                 self.i += 1
                 self.ws()
         self.i += 1
+
+    def items(self, close: str, depth: int) -> list[Any]:
+        out: list[Any] = []
+        self._separated(close, lambda: out.append(self.value(depth + 1)))
         return out
 
     def obj(self, depth: int) -> dict[str, Any]:
         self.take("{")
         out: dict[str, Any] = {}
-        self.ws()
-        while not self.s.startswith("}", self.i):
+
+        def entry() -> None:
             key = self.value(depth + 1)
             self.take(":")
             out[str(key)] = self.value(depth + 1)
-            self.ws()
-            if self.s.startswith(",", self.i):
-                self.i += 1
-                self.ws()
-        self.i += 1
+
+        self._separated("}", entry)
         return out
 
     def puts(self, depth: int) -> dict[str, Any]:
