@@ -35,6 +35,7 @@ def byte_tokenizer() -> llguidance.LLTokenizer:
     return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_ByteVocab()))
 
 
+@lru_cache(maxsize=64)  # the same grammar is converted for every call and every check that uses it
 def to_llguidance(gbnf: str) -> str:
     """Convert GBNF to llguidance's grammar form; a grammar it cannot take is a compile error (fail closed)."""
     try:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from toolace.errors import SchemaError
 
 from .gbnf import Grammar, gbnf_literal
 from .schema import Tool, normalise_tools
+from .validate import CallValidator
 from .values import PostCheck, ValueCompiler
 
 TOOL_CHOICE_MODES = ("auto", "required", "none")
@@ -25,6 +27,11 @@ class CompiledGrammar:
     parallel: bool
     post_checks: list[PostCheck] = field(default_factory=list)
     compile_seconds: float = 0.0
+
+    @cached_property
+    def validator(self) -> CallValidator:
+        """Built once per grammar (the API caches grammars), not once per generated answer."""
+        return CallValidator(self.tools)
 
     @property
     def calls_only(self) -> bool:

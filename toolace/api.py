@@ -18,7 +18,6 @@ from toolace.errors import InputError
 from toolace.grammars.compile import CompiledGrammar, compile_grammar
 from toolace.grammars.parser import CallParseError, StreamParser, looks_like_calls, parse_calls
 from toolace.grammars.schema import Tool, normalise_tools
-from toolace.grammars.validate import CallValidator
 from toolace.limits import DEFAULT_MAX_TOKENS, DEFAULT_N_CTX
 from toolace.runtime.cache import PromptCache
 from toolace.runtime.constraints import DEFAULT_ENGINE, ENGINES, make_constraint
@@ -160,21 +159,21 @@ class ToolACE:
                     yield StreamEvent("text", text=chunk.text)
             if self.cache is not None and prefix_n:
                 self.cache.store(prompt[:prefix_n])
-        yield StreamEvent("done", result=self._finish(raw, norm, grammar, stats))
+        yield StreamEvent("done", result=self._finish(raw, grammar, stats))
 
-    def _finish(self, raw: str, tools: list[Tool] | None, grammar: CompiledGrammar | None,
-                stats: GenerationStats) -> CallResult:
-        if not tools or not looks_like_calls(raw):
+    def _finish(self, raw: str, grammar: CompiledGrammar | None, stats: GenerationStats) -> CallResult:
+        """Parse and validate the output; `grammar` is None when no tools were given (plain text)."""
+        if grammar is None or not looks_like_calls(raw):
             errors = []
             if grammar is not None and grammar.calls_only:
                 errors.append(f"no call produced (finish_reason {stats.finish_reason})")
             return CallResult([], raw, raw, stats.finish_reason, errors, stats=stats)
         try:
-            calls = parse_calls(raw, tools)
+            calls = parse_calls(raw, grammar.tools)
         except CallParseError as e:
             why = "output cut by max_tokens before the call list closed" if stats.finish_reason == "length" else str(e)
             return CallResult([], None, raw, stats.finish_reason, [why], stats=stats)
-        errors = CallValidator(tools).errors(calls)
+        errors = grammar.validator.errors(calls)
         ids = [call_id(raw, i) for i in range(len(calls))]
         self.memory.remember(ids, raw)
         return CallResult([c.as_dict() for c in calls], None, raw, stats.finish_reason, errors, ids, stats)

@@ -118,7 +118,6 @@ def grammar(tools_file: str, tool_choice: str, no_parallel: bool, check: str | N
     from toolace.grammars.compile import compile_grammar
     from toolace.grammars.parser import looks_like_calls, parse_calls
     from toolace.grammars.schema import load_tools
-    from toolace.grammars.validate import CallValidator
 
     compiled = compile_grammar(load_tools(tools_file), tool_choice, not no_parallel)
     if check is None:
@@ -130,7 +129,7 @@ def grammar(tools_file: str, tool_choice: str, no_parallel: bool, check: str | N
         sys.exit(1)
     if looks_like_calls(check):
         calls = parse_calls(check, compiled.tools)
-        errors = CallValidator(compiled.tools).errors(calls)
+        errors = compiled.validator.errors(calls)
         click.echo(json.dumps([c.as_dict() for c in calls], ensure_ascii=False))
         for err in errors:  # only keywords the grammar post-checks can fail here
             click.echo(f"post-check failed: {err}", err=True)
