@@ -1,9 +1,8 @@
 """Conversion memory and speed on a ~1.3 GB random Llama checkpoint (BF16, real Llama-3 tokenizer).
 
-Builds the checkpoint under bench/tmp (numpy only: random BF16 bit patterns of sensible magnitude), then converts it
-to F16 in a subprocess under `/usr/bin/time -v` and reports peak RSS against the budget "largest tensor + 512 MB"
-(DESIGN.md §4: peak memory is about the largest tensor, not the model), and conversion throughput against `cp` of
-the same bytes. Writes bench/results/convert.json.
+Builds the checkpoint under bench/tmp (numpy only: random BF16 bit patterns of sensible magnitude), then runs
+`toolace bench convert` on it: peak RSS against the budget "largest tensor + 512 MB", convert and quantize
+throughput against copying the same bytes. Writes bench/results/convert.json.
 
     TOOLACE_HOME=.cache/toolace .venv/bin/python bench/convert_memory.py
 """
@@ -12,12 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -74,54 +69,13 @@ def build(root: Path) -> Path:
     return root
 
 
-def _timed(cmd: list[str]) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS (bytes) and /usr/bin/time's report of `cmd`."""
-    start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd[0]} failed: {proc.stderr[-2000:]}")
-    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
-    return wall, rss_kb * 1024, proc.stderr
-
-
 def main() -> None:
-    ckpt = build(WORK / "ckpt")
-    src = ckpt / "model.safetensors"
-    size = src.stat().st_size
-    largest = max(math.prod(s) for s in _shapes().values()) * 2
-    out = WORK / "out.gguf"
-    copy = WORK / "copy.bin"
-    subprocess.run(["cat", str(src)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache for both runs
-    cp_wall, _, _ = _timed(["cp", str(src), str(copy)])
-    copy.unlink()
-    # the converter fsyncs its output before the rename; the fair copy baseline does too
-    cp_sync_wall, _, _ = _timed(["sh", "-c", 'cp "$0" "$1" && sync "$1"', str(src), str(copy)])
-    copy.unlink()
-    code = "import sys; from toolace.convert.convert import convert; convert(sys.argv[1], sys.argv[2], 'f16')"
-    conv_wall, peak, report = _timed([sys.executable, "-c", code, str(ckpt), str(out)])
-    cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", report).group(1)) for k in ("User", "System"))
-    baseline_wall, baseline_rss, _ = _timed([sys.executable, "-c", "import toolace.convert.convert, gguf, numpy"])
-    budget = largest + 512 * MB
-    result = {
-        "checkpoint_bytes": size, "largest_tensor_bytes": largest, "output_bytes": out.stat().st_size,
-        "peak_rss_bytes": peak, "budget_bytes": budget, "within_budget": peak <= budget,
-        "import_only_rss_bytes": baseline_rss,
-        "convert_seconds": round(conv_wall, 2), "convert_cpu_seconds": round(cpu, 2),
-        "cp_seconds": round(cp_wall, 2), "cp_fsync_seconds": round(cp_sync_wall, 2),
-        "convert_mb_per_s": round(size / MB / conv_wall, 1), "cp_mb_per_s": round(size / MB / cp_wall, 1),
-        "cp_fsync_mb_per_s": round(size / MB / cp_sync_wall, 1),
-        "slowdown_vs_cp": round(conv_wall / cp_wall, 2), "slowdown_vs_cp_fsync": round(conv_wall / cp_sync_wall, 2),
-        "cpu_count": os.cpu_count(),
-        "outtype": "f16", "machine_load_1min": os.getloadavg()[0],
-    }
-    out.unlink()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    if not result["within_budget"]:
-        raise SystemExit(f"peak RSS {peak / MB:.0f} MB is over the budget {budget / MB:.0f} MB")
+    from toolace.convert.bench import bench_convert, summary
+
+    report = bench_convert(str(build(WORK / "ckpt")), json_out=str(RESULTS), workdir=str(WORK))
+    print(summary(report))
+    if not report["within_budget"]:
+        raise SystemExit("conversion peak RSS is over its budget")
 
 
 if __name__ == "__main__":

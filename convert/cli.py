@@ -64,6 +64,7 @@ def convert_cmd(**kwargs: Any) -> None:
               help="Importance matrix (llama-imatrix output, GGUF or legacy .dat).")
 @click.option("--output-tensor-type", default=None, help="Pin output.weight to this ggml type (e.g. Q8_0).")
 @click.option("--token-embedding-type", default=None, help="Pin token_embd.weight to this ggml type.")
+@click.option("--allow-requantize", is_flag=True, help="Accept an already quantized input (both roundings add up).")
 def quantize_cmd(**kwargs: Any) -> None:
     """Quantize a GGUF file with llama.cpp's quantizer."""
     from .quantize import quantize

@@ -233,7 +233,9 @@ def convert(src: str | os.PathLike[str], outfile: str | os.PathLike[str], outtyp
     from .quantize import quantize
 
     srcs = {ref.dtype for ref in ckpt.tensors.values()}
-    inter = "bf16" if srcs == {"BF16"} else "f16"  # lossless for BF16 checkpoints; F16 for F16/F32 ones
+    # The intermediate holds every source value exactly, so quantization rounds once: BF16 for BF16 checkpoints,
+    # F32 where any tensor is F32 (F16 would round first), else F16.
+    inter = "bf16" if srcs == {"BF16"} else "f32" if "F32" in srcs else "f16"
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".{inter}.part", dir=out.parent)
     os.close(fd)

@@ -155,7 +155,7 @@ _lock = threading.Lock()  # llama.cpp's log callback is process-global; one quan
 
 
 def _run_llama_quantize(src: Path, dst: Path, qt: QuantType, imatrix: dict[str, np.ndarray] | None,
-                        overrides: dict[str, int] | None = None) -> None:
+                        overrides: dict[str, int] | None = None, allow_requantize: bool = False) -> None:
     import llama_cpp
     from llama_cpp import _logger
 
@@ -168,6 +168,7 @@ def _run_llama_quantize(src: Path, dst: Path, qt: QuantType, imatrix: dict[str, 
         params.only_copy = True
     else:
         params.ftype = qt.ftype
+    params.allow_requantize = allow_requantize
     for field_name, ggml_type in (overrides or {}).items():
         setattr(params, field_name, ggml_type)
     keep: list[object] = []  # ctypes buffers that must outlive the call
@@ -226,8 +227,10 @@ def tensor_type(name: str) -> int:
 
 def quantize(infile: str | os.PathLike[str], outfile: str | os.PathLike[str], type: str = "Q4_K_M",
              imatrix: str | os.PathLike[str] | None = None, output_tensor_type: str | None = None,
-             token_embedding_type: str | None = None) -> Path:
+             token_embedding_type: str | None = None, allow_requantize: bool = False) -> Path:
     """Quantize GGUF `infile` to `outfile` as llama.cpp type `type`, optionally guided by an importance matrix.
+    A file whose tensors are already quantized is refused by llama.cpp unless `allow_requantize` (quality then
+    compounds both roundings).
 
     `output_tensor_type` / `token_embedding_type` pin output.weight / token_embd.weight to one ggml type, as
     llama-quantize's flags of the same names do."""
@@ -250,6 +253,6 @@ def quantize(infile: str | os.PathLike[str], outfile: str | os.PathLike[str], ty
         if not names & set(weights):
             raise InputError(f"{imatrix}: no imatrix entry matches a tensor of {src.name} (made for another model?)")
     with atomic_output(dst) as tmp:
-        _run_llama_quantize(src, tmp, qt, weights, overrides)
+        _run_llama_quantize(src, tmp, qt, weights, overrides, allow_requantize)
         check_gguf(tmp)  # what llama.cpp wrote must itself pass before it is published
     return dst

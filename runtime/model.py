@@ -23,8 +23,9 @@ from .prompt import LLAMA3_TEMPLATE, ChatTemplate, Segment
 
 
 def default_threads() -> int:
-    """All cores on small machines; half (the physical cores, usually) on larger ones."""
-    n = os.cpu_count() or 1
+    """All usable cores on small machines; half (the physical cores, usually) on larger ones. Usable means this
+    process's CPU affinity (taskset, container cpusets), not the machine's count."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return n if n <= 4 else n // 2
 
 

@@ -54,3 +54,31 @@ def test_grammar_prints_gbnf() -> None:
     assert res.exit_code == 0
     assert res.output.splitlines()[0] == "# tool_choice: required; parallel calls: yes"
     assert 'root ::= "[" call (sep call)* "]"' in res.output
+
+
+def test_bench_convert_reports_time_throughput_and_memory(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "convert.json"
+    res = CliRunner().invoke(main, ["bench", "convert", str(tiny_llama_dir), "--quant", "Q8_0", "--json", str(out),
+                                    "--workdir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert [line.split()[0] for line in lines] == ["checkpoint", "convert", "cp", "quantize", "imports"]
+    import json
+
+    report = json.loads(out.read_text())
+    # the tiny checkpoint's largest tensor is its 128,256-row embedding; the budget is that plus 512 MB
+    assert report["largest_tensor_bytes"] == 128256 * 256 * 2 and report["within_budget"]
+    assert 0 < report["import_only_rss_bytes"] < report["convert_peak_rss_bytes"] < report["budget_bytes"]
+    assert report["convert_seconds"] > 0 and report["quantize_seconds"] > 0 and report["cp_fsync_seconds"] > 0
+    assert report["output_bytes"] > report["quant_bytes"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["convert.json"]  # temporary outputs removed
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--outtype", "q8_0"], "--outtype must be one of f32, f16, bf16 (the quantize step takes --quant), got 'q8_0'"),
+    (["--quant", "Q9_9"], "Q9_9"),
+    (["--quant", "IQ2_XS"], "IQ2_XS needs an importance matrix"),
+])
+def test_bench_convert_bad_flags_exit_2(tiny_llama_dir: Path, args: list[str], message: str) -> None:
+    res = CliRunner().invoke(main, ["bench", "convert", str(tiny_llama_dir), *args])
+    assert res.exit_code == 2 and res.output.startswith("Error: ") and message in res.output, res.output

@@ -195,7 +195,7 @@ def serve(model: str, n_ctx: int, n_gpu_layers: str, engine: str, host: str, por
                n_gpu_layers=n_gpu_layers, engine=engine)
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--model", default="demo", show_default=True, help="GGUF path, 'demo', or a pulled name.")
 @click.option("--data", default=None, type=click.Path(file_okay=False), help="BFCL data folder (for the call).")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the report here.")
@@ -203,15 +203,34 @@ def serve(model: str, n_ctx: int, n_gpu_layers: str, engine: str, host: str, por
 @click.option("--runs", type=int, default=3, show_default=True, help="Repetitions per figure.")
 @click.option("--max-tokens", type=int, default=48, show_default=True)
 @click.option("--n-ctx", type=int, default=DEFAULT_N_CTX, show_default=True)
+@click.pass_context
 @edge
-def bench(model: str, data: str | None, json_out: str | None, plot: str | None, runs: int, max_tokens: int,
-          n_ctx: int) -> None:
-    """Runtime benchmark: grammar cost per token per engine, e2e ratio, TTFT cold/warm/disk, speeds, RSS."""
+def bench(ctx: click.Context, model: str, data: str | None, json_out: str | None, plot: str | None, runs: int,
+          max_tokens: int, n_ctx: int) -> None:
+    """Runtime benchmark: grammar cost per token per engine, e2e ratio, TTFT cold/warm/disk, speeds, RSS.
+    `bench convert SRC` measures conversion instead."""
+    if ctx.invoked_subcommand is not None:
+        return
     from toolace.runtime.bench import bench as run_bench
     from toolace.runtime.bench import summary
 
     click.echo(summary(run_bench(model=model, data=data, json_out=json_out, plot=plot, runs=runs,
                                  max_tokens=max_tokens, n_ctx=n_ctx)))
+
+
+@bench.command("convert")
+@click.argument("src")
+@click.option("--outtype", default="f16", show_default=True, help="Float type to convert to: f32, f16 or bf16.")
+@click.option("--quant", default="Q4_K_M", show_default=True, help="llama.cpp type to quantize that output to.")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the report here.")
+@click.option("--workdir", default=None, type=click.Path(file_okay=False),
+              help="Where the temporary outputs go (default: the system's temp folder).")
+@edge
+def bench_convert_cmd(src: str, outtype: str, quant: str, json_out: str | None, workdir: str | None) -> None:
+    """Conversion benchmark: convert and quantize time, MB/s against copying the same bytes, peak RSS."""
+    from toolace.convert.bench import bench_convert, summary
+
+    click.echo(summary(bench_convert(src=src, outtype=outtype, quant=quant, json_out=json_out, workdir=workdir)))
 
 
 def _register() -> None:

@@ -52,3 +52,4 @@ MAX_TOKEN_BYTES = 64 * 1024  # bytes in one vocabulary entry (llama.cpp's BPE to
 CONVERT_CHUNK_BYTES = 64 * 1024 * 1024  # bytes of F32 rows converted per step; keeps peak RSS ~ largest tensor read
 QUANTIZE_POLL_SECONDS = 0.2  # how often the main thread wakes while llama.cpp quantizes, so Ctrl-C is honoured
 GGUF_CHECK_READ_BYTES = 512 * 1024 * 1024  # bytes of GGUF header parsed by the pre-check; Llama-3's header is ~8 MB
+CONVERT_MEMORY_HEADROOM_BYTES = 512 * 1024 * 1024  # peak RSS budget of a conversion above its largest tensor (§4)

@@ -204,7 +204,7 @@ def build_tiny_llama(out_dir: Path, tokenizer_model: Path, seed: int = 0) -> Pat
     return _cached(key, lambda tmp: _build_tiny_llama(tmp, tokenizer_model, seed))
 
 
-def _build_smollm2_hf(out_dir: Path, gguf_path: Path) -> None:
+def _build_smollm2_hf(out_dir: Path, gguf_path: Path, dtype: str) -> None:
     import torch
     from tokenizers import pre_tokenizers
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -225,7 +225,7 @@ def _build_smollm2_hf(out_dir: Path, gguf_path: Path) -> None:
         raise RuntimeError(f"state dict mismatch: missing={missing} unexpected={unexpected}")
     if config.tie_word_embeddings:
         fresh.tie_weights()
-    fresh.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
+    fresh.to(getattr(torch, dtype)).save_pretrained(out_dir, safe_serialization=True)
     # The GGUF says `tokenizer.ggml.pre = smollm`: single digits split off, then GPT-2's byte-level regex. That is
     # SmolLM2's hub tokenizer.json; transformers' GGUF loader drops the digit split, so put it back.
     tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
@@ -237,8 +237,9 @@ def _build_smollm2_hf(out_dir: Path, gguf_path: Path) -> None:
         _put_chat_template_in_config(out_dir, (out_dir / "chat_template.jinja").read_text())
 
 
-def build_smollm2_hf(out_dir: Path, gguf_path: Path) -> Path:
-    """An HF-format SmolLM2-135M-Instruct checkpoint (BF16) made from the fixture GGUF; cached like the tiny Llama."""
+def build_smollm2_hf(out_dir: Path, gguf_path: Path, dtype: str = "bfloat16") -> Path:
+    """An HF-format SmolLM2-135M-Instruct checkpoint made from the fixture GGUF; cached like the tiny Llama.
+    `dtype` is torch's name: bfloat16 (like ToolACE-8B's checkpoint) or float32 (the dequantized values exactly)."""
     del out_dir
-    key = "smollm2-hf-" + _source_hash(_file_hash(gguf_path))
-    return _cached(key, lambda tmp: _build_smollm2_hf(tmp, gguf_path))
+    key = "smollm2-hf-" + _source_hash(_file_hash(gguf_path), *([dtype.encode()] if dtype != "bfloat16" else []))
+    return _cached(key, lambda tmp: _build_smollm2_hf(tmp, gguf_path, dtype))
