@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 import llama_cpp
@@ -21,6 +22,13 @@ from .model import Model
 from .sampling import Sampler
 
 ENGINES = ("llguidance", "llama")
+# Masks are computed ahead (during the forward pass) once this share of recent tokens was rejected: with a model
+# that mostly agrees with the grammar the work would be wasted CPU taken from llama.cpp's threads.
+PREFETCH_REJECTION_RATE = 0.25
+REJECTION_RATE_WEIGHT = 0.25  # weight of the newest token in that moving rejection rate (~the last 4-8 tokens)
+# Two helper threads: a mask is ~0.1 ms of work and one generation has at most one in flight; the second serves
+# a second model in the same process.
+_MASK_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="toolace-mask")
 DISALLOWED = np.float32(3e38)  # added negatively to masked-out logits; near float32's max, still finite
 DEFAULT_ENGINE = "llguidance"  # faster mask (see `toolace bench`); both give identical greedy output
 
@@ -57,7 +65,33 @@ class _Timed:
         self._pending = 0.0
 
 
+class _Mask:
+    """One grammar state's allowed tokens: the bitmask (for O(1) checks) and the logit penalty (0 or -3e38)."""
+
+    __slots__ = ("bits", "penalty", "dead")
+
+    def __init__(self, bits: np.ndarray, penalty: np.ndarray, dead: bool) -> None:
+        self.bits, self.penalty, self.dead = bits, penalty, dead
+
+    def allows(self, token: int) -> bool:
+        return 0 <= token < self.penalty.size and bool(self.bits[token >> 3] >> (token & 7) & 1)
+
+
+def _mask_of(matcher: Any, penalty: np.ndarray) -> _Mask:
+    """The matcher's current mask; `penalty` (one float32 per token) is filled in and becomes the mask's."""
+    bits = np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8)
+    allowed = np.unpackbits(bits, count=penalty.size, bitorder="little")
+    # arithmetic, not boolean indexing (~5x faster on 128k); exp(-3e38 + x) is exactly 0: never sampled
+    np.subtract(allowed, np.float32(1), out=penalty, dtype=np.float32)
+    np.multiply(penalty, DISALLOWED, out=penalty)
+    return _Mask(bits, penalty, not bits.any())
+
+
 class LLGuidanceConstraint(_Timed):
+    """Rejection-first over llguidance. While rejections are frequent (random weights, a model fighting the
+    grammar), the next state's mask is computed on a helper thread during the model's forward pass, so a rejection
+    costs one vector add and the re-sample instead of a mask computation on the critical path."""
+
     def __init__(self, model: Model, gbnf: str) -> None:
         super().__init__()
         self.model = model
@@ -65,44 +99,69 @@ class LLGuidanceConstraint(_Timed):
         self.n_vocab = model.n_vocab
         self._penalty = np.empty(self.n_vocab, dtype=np.float32)
         self._masked_buf = np.empty(self.n_vocab, dtype=np.float32)
+        self._mask: _Mask | None = None  # the current state's mask, once computed
+        self._next: Future[_Mask] | None = None  # the helper thread computing it; the matcher is its until then
+        self._rejection_rate = 0.0
+        self.background_ms: list[float] = []  # helper-thread mask time, off the critical path
+
+    def _compute_mask(self) -> _Mask:
+        t0 = time.perf_counter()
+        mask = _mask_of(self.matcher, self._penalty)
+        self.background_ms.append((time.perf_counter() - t0) * 1000)
+        return mask
+
+    def _settle(self) -> None:
+        """Wait for the helper thread: the matcher is not safe to touch while it computes."""
+        if self._next is not None:
+            future, self._next = self._next, None
+            self._mask = future.result()
 
     def choose(self, logits: np.ndarray, sampler: Sampler) -> int:
         token = sampler.sample(logits)
         t0 = time.perf_counter()
-        if self.matcher.validate_tokens([token]) != 1:
+        self._settle()
+        ok = self._mask.allows(token) if self._mask is not None else self.matcher.validate_tokens([token]) == 1
+        if not ok:
             self.rejections += 1
-            token = sampler.sample(self._masked(logits))
+            if self._mask is None:
+                self._mask = self._compute_mask()
+                self.background_ms.pop()  # computed here, on the critical path: not background time
+            if self._mask.dead:
+                raise GenerationError(f"grammar allows no token: {self.matcher.get_error() or 'dead end'}")
+            token = sampler.sample(np.add(logits[: self.n_vocab], self._mask.penalty, out=self._masked_buf))
+        self._rejection_rate += REJECTION_RATE_WEIGHT * ((not ok) - self._rejection_rate)
         self._pending += time.perf_counter() - t0
         return token
 
-    def _masked(self, logits: np.ndarray) -> np.ndarray:
-        """Logits with disallowed tokens pushed to -3e38 (arithmetic, not boolean indexing: ~5x faster on a
-        128k vocabulary; exp() of such a logit is exactly 0, so they are never sampled)."""
-        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-        allowed = np.unpackbits(bits, count=self.n_vocab, bitorder="little")
-        if not allowed.any():
-            raise GenerationError(f"grammar allows no token: {self.matcher.get_error() or 'dead end'}")
-        np.subtract(allowed, np.float32(1), out=self._penalty, dtype=np.float32)
-        np.multiply(self._penalty, DISALLOWED, out=self._penalty)
-        return np.add(logits[: self.n_vocab], self._penalty, out=self._masked_buf)
+    def _advanced(self) -> None:
+        """The state moved on: drop its mask, and start the next one if rejections are frequent."""
+        self._mask = None
+        if self._rejection_rate >= PREFETCH_REJECTION_RATE and not self.matcher.is_stopped():
+            self._next = _MASK_POOL.submit(self._compute_mask)
 
     def accept(self, token: int) -> None:
         t0 = time.perf_counter()
+        self._settle()
         if not self.matcher.consume_token(token):
             raise GenerationError(f"grammar refused token {token}: {self.matcher.get_error()}")
         self._close_step(time.perf_counter() - t0)
+        self._advanced()
 
     def forced_tokens(self) -> list[int]:
+        self._settle()
         return list(self.matcher.compute_ff_tokens())
 
     def accept_forced(self, tokens: list[int]) -> None:
+        self._settle()
         if not self.matcher.consume_tokens(tokens):
             raise GenerationError(f"grammar refused forced tokens: {self.matcher.get_error()}")
+        self._advanced()
 
 
 class LlamaGrammarConstraint(_Timed):
-    """llama.cpp's sampler decides what is allowed; an llguidance matcher rides along only to find forced tokens,
-    so fast-forward (and hence the token sequence the model sees) is the same for both engines."""
+    """llama.cpp's sampler decides what is allowed; an llguidance matcher rides along only for forced text (the
+    tokens to fast-forward, and their canonical split), so the token sequence the model sees is the same for both
+    engines."""
 
     def __init__(self, model: Model, gbnf: str) -> None:
         super().__init__()
@@ -117,6 +176,8 @@ class LlamaGrammarConstraint(_Timed):
         self._all = np.zeros(self.n_vocab, dtype=np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)],
                                                            align=True))
         self._all["id"] = np.arange(self.n_vocab, dtype=np.intc)
+        self._penalty = np.empty(self.n_vocab, dtype=np.float32)
+        self._masked_buf = np.empty(self.n_vocab, dtype=np.float32)
         self._all_arr = llama_cpp.llama_token_data_array(
             data=self._all.ctypes.data_as(llama_cpp.llama_token_data_p), size=self.n_vocab, selected=-1, sorted=False)
 
@@ -128,6 +189,12 @@ class LlamaGrammarConstraint(_Timed):
     def choose(self, logits: np.ndarray, sampler: Sampler) -> int:
         token = sampler.sample(logits)
         t0 = time.perf_counter()
+        if self.forcer.compute_ff_bytes():
+            # Text the grammar forces is tokenized canonically, as llguidance does (llama.cpp's sampler would take
+            # any split of it, e.g. "_tr" + "iangle"): both engines then give the same tokens.
+            mask = _mask_of(self.forcer, self._penalty)
+            if not mask.allows(token):
+                token = sampler.sample(np.add(logits[: self.n_vocab], mask.penalty, out=self._masked_buf))
         token = self._check(token, logits, sampler)
         self._pending += time.perf_counter() - t0
         return token

@@ -26,59 +26,32 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from toolace.errors import GenerationError, InputError, TemplateError, ToolaceError
-from toolace.limits import DEFAULT_MAX_TOKENS, DEFAULT_N_CTX
+from toolace.errors import InputError
+from toolace.limits import DEFAULT_N_CTX
 
-from ..grammars.compile import resolve_tool_choice
-from ..grammars.schema import normalise_tools
-from .generate import check_max_tokens
-from .sampling import SamplingParams
+from .openai_io import (
+    MAX_BODY_BYTES,
+    ApiError,
+    api_error,
+    arguments_json,
+    chat_request,
+    completion_request,
+    content_of,
+    error_body,
+    read_json,
+    refuse_fields,
+    usage,
+)
 
 if TYPE_CHECKING:
     from toolace.api import CallResult, StreamEvent, ToolACE
 
 log = logging.getLogger("toolace.server")
 
-# --- server limits (name, unit, reason) ----------------------------------------------------------------------------
-MAX_BODY_BYTES = 8 * 1024 * 1024  # bytes per request body; = MAX_TOOLS_FILE_BYTES, the largest legitimate tool list
+# --- server limits (name, unit, reason); request limits live in openai_io -----------------------------------------
 DEFAULT_MAX_QUEUE = 8  # requests waiting + running; one model serves one at a time, more only adds latency
-MAX_STOP_SEQUENCES = 16  # stop strings per request (OpenAI allows 4); each is checked after every token
-MAX_STOP_CHARS = 1024  # characters in one stop string
 DISCONNECT_POLL_SECONDS = 0.5  # seconds between client-disconnect checks while a request waits for the model
 SSE_PING_SECONDS = 15  # seconds between SSE keep-alive comments while the first token is awaited
-
-# Request fields that would let a client supply its own template or grammar: refused (DESIGN.md §7).
-REFUSED_FIELDS = ("grammar", "gbnf", "ebnf", "regex", "json_schema", "chat_template", "chat_template_kwargs",
-                  "template", "guided_json", "guided_regex", "guided_grammar", "guided_choice", "structured_outputs",
-                  "functions", "function_call")
-
-
-class ApiError(Exception):
-    """An error answered as OpenAI-style JSON."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.code = status, message, type_, code
-
-
-def _error_body(message: str, type_: str, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
-
-
-def _api_error(exc: BaseException, started: bool = False) -> ApiError:
-    """Map a library exception to an HTTP error. `started`: tokens were already produced."""
-    if isinstance(exc, ApiError):
-        return exc
-    if isinstance(exc, (InputError, TemplateError)):
-        return ApiError(400, str(exc), "invalid_request_error", "invalid_request")
-    if isinstance(exc, GenerationError) and not started:
-        code = "context_length_exceeded" if "context" in str(exc) else "invalid_request"
-        return ApiError(400, str(exc), "invalid_request_error", code)
-    if isinstance(exc, ToolaceError):
-        return ApiError(500, str(exc), "server_error", "generation_failed")
-    log.error("internal error", exc_info=exc)
-    return ApiError(500, f"internal error: {type(exc).__name__}", "server_error", "internal_error")
-
 
 class _Slots:
     """Waiting + running requests, bounded. Used only from the event loop thread."""
@@ -160,97 +133,6 @@ class _Worker:
             self._get = None
 
 
-# --- request parsing -----------------------------------------------------------------------------------------------
-async def _read_json(request: Request, max_body_bytes: int) -> dict[str, Any]:
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            n = int(length)
-        except ValueError:
-            raise ApiError(400, "Content-Length is not an integer") from None
-        if n > max_body_bytes:
-            raise ApiError(413, f"request body is {n} bytes, the limit is {max_body_bytes}",
-                           "invalid_request_error", "body_too_large")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_body_bytes:
-            raise ApiError(413, f"request body exceeds the limit of {max_body_bytes} bytes",
-                           "invalid_request_error", "body_too_large")
-    try:
-        data = json.loads(bytes(body))
-    except (ValueError, RecursionError) as e:
-        raise ApiError(400, f"request body is not valid JSON: {str(e)[:200]}", "invalid_request_error",
-                       "invalid_json") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    return data
-
-
-def _refuse_fields(body: dict[str, Any]) -> None:
-    for name in REFUSED_FIELDS:
-        if body.get(name) is not None:
-            raise ApiError(400, f"field {name!r} is not accepted: templates and grammars are fixed by the server "
-                                "(tools and tool_choice select the grammar)")
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise ApiError(400, "response_format is not supported (only {'type': 'text'}); use tools and tool_choice")
-    n = body.get("n", 1)
-    if n not in (1, None):
-        raise ApiError(400, f"n must be 1, got {n!r}")
-    if body.get("logprobs") or body.get("best_of") not in (None, 1) or body.get("echo"):
-        raise ApiError(400, "logprobs, best_of and echo are not supported")
-
-
-def _number(body: dict[str, Any], name: str, default: Any) -> Any:
-    value = body.get(name)
-    return default if value is None else value
-
-
-def _max_tokens(body: dict[str, Any]) -> int:
-    value = body.get("max_completion_tokens")
-    if value is None:
-        value = body.get("max_tokens")
-    if value is None:
-        return DEFAULT_MAX_TOKENS
-    return check_max_tokens(value)
-
-
-def _stop(body: dict[str, Any]) -> list[str]:
-    stop = body.get("stop")
-    if stop is None:
-        return []
-    if isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise ApiError(400, "stop must be a string or a list of strings")
-    if len(stop) > MAX_STOP_SEQUENCES or any(len(s) > MAX_STOP_CHARS for s in stop):
-        raise ApiError(400, f"stop: at most {MAX_STOP_SEQUENCES} strings of at most {MAX_STOP_CHARS} characters")
-    return stop
-
-
-def _sampling(body: dict[str, Any]) -> dict[str, Any]:
-    opts = {"temperature": _number(body, "temperature", 0.0), "top_p": _number(body, "top_p", 1.0),
-            "top_k": _number(body, "top_k", 0), "min_p": _number(body, "min_p", 0.0), "seed": body.get("seed")}
-    SamplingParams(**opts)  # validates: NaN, out of range, wrong types → InputError → 400
-    return opts
-
-
-def _usage(result_stats: Any) -> dict[str, int]:
-    p, c = result_stats.prompt_tokens, result_stats.completion_tokens
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-
-
-def _arguments_json(args: dict[str, Any]) -> str:
-    return json.dumps(args, ensure_ascii=False)
-
-
-def _content(result: CallResult) -> str | None:
-    if result.calls:
-        return None
-    return result.text if result.text is not None else result.raw
-
-
 # --- the app -------------------------------------------------------------------------------------------------------
 def create_app(ta: ToolACE, api_key: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
                max_body_bytes: int = MAX_BODY_BYTES, model_id: str | None = None) -> FastAPI:
@@ -269,17 +151,17 @@ def create_app(ta: ToolACE, api_key: str | None = None, max_queue: int = DEFAULT
 
     @app.exception_handler(ApiError)
     async def _api_error_handler(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(_error_body(exc.message, exc.type, exc.code), status_code=exc.status)
+        return JSONResponse(error_body(exc.message, exc.type, exc.code), status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error_handler(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(_error_body(str(exc.detail), "invalid_request_error", None), status_code=exc.status_code,
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", None), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _internal_error_handler(_: Request, exc: Exception) -> JSONResponse:
-        err = _api_error(exc)
-        return JSONResponse(_error_body(err.message, err.type, err.code), status_code=err.status)
+        err = api_error(exc)
+        return JSONResponse(error_body(err.message, err.type, err.code), status_code=err.status)
 
     def check_key(request: Request) -> None:
         if api_key is None:
@@ -299,54 +181,41 @@ def create_app(ta: ToolACE, api_key: str | None = None, max_queue: int = DEFAULT
         return {"object": "list", "data": [{"id": name, "object": "model", "created": created,
                                             "owned_by": "toolace", "n_ctx": ta.model.n_ctx}]}
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
-    async def chat_completions(request: Request) -> Any:
+    async def admit(request: Request, parse: Callable[[dict[str, Any]], Any]) -> tuple[Any, Callable[[], None]]:
+        """Take a queue slot (429 when full), then read and check the body; the slot is freed on any error."""
         release = slots.acquire()
         try:
-            body = await _read_json(request, max_body_bytes)
-            _refuse_fields(body)
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise ApiError(400, "messages must be a non-empty list")
-            tools = body.get("tools") or None
-            tool_choice = body.get("tool_choice")
-            if tool_choice is None:
-                tool_choice = "auto"
-            if tools is not None:
-                norm = normalise_tools(tools)
-                resolve_tool_choice(tool_choice, norm)  # unknown tool → SchemaError → 400
-            elif tool_choice not in ("auto", "none"):
-                raise ApiError(400, f"tool_choice {tool_choice!r} needs tools")
-            parallel = body.get("parallel_tool_calls", True)
-            if not isinstance(parallel, bool):
-                raise ApiError(400, "parallel_tool_calls must be a boolean")
-            stream = body.get("stream", False)
-            if not isinstance(stream, bool):
-                raise ApiError(400, "stream must be a boolean")
-            opts = dict(parallel_tool_calls=parallel, max_tokens=_max_tokens(body), stop=_stop(body),
-                        **_sampling(body))
-            stream_opts = body.get("stream_options") or {}
-            include_usage = isinstance(stream_opts, dict) and bool(stream_opts.get("include_usage"))
+            body = await read_json(request, max_body_bytes)
+            refuse_fields(body)
+            return parse(body), release
         except BaseException as e:
             release()
-            raise _api_error(e) from None
+            raise api_error(e) from None
 
-        worker = _Worker(lambda: ta.stream(messages, tools, tool_choice, **opts), release)
-        cid = "chatcmpl-" + secrets.token_hex(12)
-        now = int(time.time())
+    async def first_event(worker: _Worker, request: Request) -> tuple[str, Any]:
+        """The worker's first event: an error before any token is an HTTP error; "gone" is left to the caller."""
         try:
             first = await worker.next(request)
         except BaseException:
             worker.cancel()
             raise
         if first[0] == "error":
-            raise _api_error(first[1])
+            raise api_error(first[1])
+        return first
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
+    async def chat_completions(request: Request) -> Any:
+        req, release = await admit(request, chat_request)
+        worker = _Worker(lambda: ta.stream(req.messages, req.tools, req.tool_choice, **req.options), release)
+        cid = "chatcmpl-" + secrets.token_hex(12)
+        now = int(time.time())
+        first = await first_event(worker, request)
         if first[0] == "gone":
-            return JSONResponse(_error_body("client disconnected", "invalid_request_error", None), status_code=499)
-        if not stream:
+            return _gone()
+        if not req.stream:
             return await _collect(worker, request, first, cid, now)
-        return EventSourceResponse(_sse(worker, request, first, cid, now, include_usage), ping=SSE_PING_SECONDS,
-                                   sep="\n")
+        return EventSourceResponse(_sse(worker, request, first, cid, now, req.include_usage),
+                                   ping=SSE_PING_SECONDS, sep="\n")
 
     async def _collect(worker: _Worker, request: Request, item: tuple[str, Any], cid: str,
                        now: int) -> JSONResponse:
@@ -354,27 +223,26 @@ def create_app(ta: ToolACE, api_key: str | None = None, max_queue: int = DEFAULT
         while True:
             kind, value = item
             if kind == "error":
-                raise _api_error(value, started=True)
+                raise api_error(value, started=True)
             if kind == "gone":
-                return JSONResponse(_error_body("client disconnected", "invalid_request_error", None),
-                                    status_code=499)
+                return _gone()
             if kind == "end":
                 break
             if value.kind == "done":
                 result = value.result
             item = await worker.next(request)
         assert result is not None
-        message: dict[str, Any] = {"role": "assistant", "content": _content(result)}
+        message: dict[str, Any] = {"role": "assistant", "content": content_of(result)}
         if result.calls:
             message["tool_calls"] = [
                 {"id": cid_, "type": "function",
-                 "function": {"name": c["name"], "arguments": _arguments_json(c["arguments"])}}
+                 "function": {"name": c["name"], "arguments": arguments_json(c["arguments"])}}
                 for cid_, c in zip(result.call_ids, result.calls, strict=False)]
         finish = "tool_calls" if result.calls else result.finish_reason
         return JSONResponse({
             "id": cid, "object": "chat.completion", "created": now, "model": name,
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-            "usage": _usage(result.stats), "system_fingerprint": None,
+            "usage": usage(result.stats), "system_fingerprint": None,
             "toolace": {"valid": result.valid, "errors": result.errors},
         })
 
@@ -397,8 +265,8 @@ def create_app(ta: ToolACE, api_key: str | None = None, max_queue: int = DEFAULT
                 if kind == "gone":
                     return
                 if kind == "error":
-                    err = _api_error(ev, started=True)
-                    yield {"data": json.dumps(_error_body(err.message, err.type, err.code))}
+                    err = api_error(ev, started=True)
+                    yield {"data": json.dumps(error_body(err.message, err.type, err.code))}
                     yield {"data": "[DONE]"}
                     return
                 if kind == "end":
@@ -410,7 +278,7 @@ def create_app(ta: ToolACE, api_key: str | None = None, max_queue: int = DEFAULT
                     yield {"data": _chunk(cid, now, delta, finish)}
                 if ev.kind == "done" and include_usage:
                     usage = json.loads(_chunk(cid, now, {}))
-                    usage["choices"], usage["usage"] = [], _usage(ev.result.stats)
+                    usage["choices"], usage["usage"] = [], usage(ev.result.stats)
                     yield {"data": json.dumps(usage)}
                 if await request.is_disconnected():
                     worker.cancel()
@@ -442,7 +310,7 @@ def create_app(ta: ToolACE, api_key: str | None = None, max_queue: int = DEFAULT
         if result.calls and ids:
             # the ids streamed are ours; remember them too so a later turn re-renders the calls exactly
             ta.memory.remember(ids, result.raw)
-        content = _content(result)
+        content = content_of(result)
         if content and content != streamed_text:
             rest = content[len(streamed_text):] if content.startswith(streamed_text) else content
             out.append(({"content": rest}, None))
@@ -452,36 +320,25 @@ def create_app(ta: ToolACE, api_key: str | None = None, max_queue: int = DEFAULT
 
     @app.post("/v1/completions", dependencies=[Depends(check_key)])
     async def completions(request: Request) -> Any:
-        release = slots.acquire()
-        try:
-            body = await _read_json(request, max_body_bytes)
-            _refuse_fields(body)
-            if body.get("stream"):
-                raise ApiError(400, "stream is not supported on /v1/completions; use /v1/chat/completions")
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1:
-                prompt = prompt[0]
-            if not isinstance(prompt, str) or not prompt:
-                raise ApiError(400, "prompt must be a non-empty string")
-            opts = dict(max_tokens=_max_tokens(body), stop=_stop(body), **_sampling(body))
-        except BaseException as e:
-            release()
-            raise _api_error(e) from None
+        (prompt, opts), release = await admit(request, completion_request)
         worker = _Worker(lambda: [ta.complete(prompt, **opts)], release)
-        kind, value = await worker.next(request)
-        if kind == "error":
-            raise _api_error(value)
+        kind, value = await first_event(worker, request)
         if kind == "gone":
-            return JSONResponse(_error_body("client disconnected", "invalid_request_error", None), status_code=499)
+            return _gone()
         text, stats = value
         return JSONResponse({
             "id": "cmpl-" + secrets.token_hex(12), "object": "text_completion", "created": int(time.time()),
             "model": name, "choices": [{"index": 0, "text": text, "finish_reason": stats.finish_reason,
                                         "logprobs": None}],
-            "usage": _usage(stats), "system_fingerprint": None,
+            "usage": usage(stats), "system_fingerprint": None,
         })
 
     return app
+
+
+def _gone() -> JSONResponse:
+    """The answer to a request whose client went away (nginx's 499: nobody reads it, the log shows why)."""
+    return JSONResponse(error_body("client disconnected", "invalid_request_error", None), status_code=499)
 
 
 def is_loopback(host: str) -> bool:

@@ -94,6 +94,16 @@ def test_llama_cpp_refusal_is_reported_and_leaves_nothing(tmp_path: Path, tiny_f
     assert list(tmp_path.iterdir()) == []
 
 
+def test_requantizing_needs_the_flag(tmp_path: Path, tiny_f16: Path) -> None:
+    q8 = quantize(tiny_f16, tmp_path / "q8.gguf", "Q8_0")
+    with pytest.raises(ModelFileError, match=r"could not quantize q8.gguf to Q4_0: .*requantiz"):
+        quantize(q8, tmp_path / "q4.gguf", "Q4_0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q8.gguf"]
+    res = CliRunner().invoke(quantize_cmd, [str(q8), str(tmp_path / "q4.gguf"), "--type", "Q4_0",
+                                            "--allow-requantize"])
+    assert res.exit_code == 0 and info(tmp_path / "q4.gguf")["file_type"] == "Q4_0", res.output
+
+
 def test_imatrix_formats_agree(imatrices: dict[str, Path]) -> None:
     a, b = read_imatrix(imatrices["gguf"]), read_imatrix(imatrices["dat"])
     assert a.keys() == b.keys() and "blk.0.ffn_down.weight" in a and "output.weight" in a
