@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from toolace.errors import GenerationError
 from toolace.limits import DEFAULT_N_CTX
 from toolace.paths import atomic_output
 
@@ -75,6 +76,33 @@ def _decode(model: Model, prompt: list[int], gbnf: str | None, engine: str, max_
     return st
 
 
+def _raw_decode(model: Model, prompt: list[int], n: int) -> float:
+    """Decode tok/s of a plain llama.cpp loop on the same context (llama_decode + llama.cpp's greedy sampler, as in
+    llama.cpp's simple example): the reference for the runtime's own overhead."""
+    import llama_cpp
+
+    model.reset()
+    ctx = model.ctx
+    for i in range(0, len(prompt), model.llm.n_batch):
+        part = prompt[i:i + model.llm.n_batch]
+        if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one((llama_cpp.llama_token * len(part))(*part),
+                                                                     len(part))) != 0:
+            raise GenerationError("llama_decode failed on the prompt")
+    smpl = llama_cpp.llama_sampler_init_greedy()
+    tok = (llama_cpp.llama_token * 1)()
+    try:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            tok[0] = llama_cpp.llama_sampler_sample(smpl, ctx, -1)
+            if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(tok, 1)) != 0:
+                raise GenerationError("llama_decode failed while decoding")
+        seconds = time.perf_counter() - t0
+    finally:
+        llama_cpp.llama_sampler_free(smpl)
+        model.reset()  # the KV cache now holds tokens the model object never saw: drop them
+    return n / seconds
+
+
 def _baseline_grammar_path(model: Model, prompt: list[int], gbnf: str, max_tokens: int) -> dict[str, Any]:
     """llama-cpp-python's high-level path with `grammar=`, against the same path without it (per-token means)."""
     from llama_cpp import LlamaGrammar
@@ -114,10 +142,17 @@ def bench(model: str = "demo", data: str | None = None, json_out: str | None = N
     free = [_decode(m, prompt, None, "llguidance", max_tokens, False) for _ in range(runs)]
     report["prompt_tok_per_s"] = _spread([s.prompt_tokens / s.prefill_seconds for s in free])
     report["decode_tok_per_s"] = {"free": _spread([s.completion_tokens / s.decode_seconds for s in free])}
+    raw = [_raw_decode(m, prompt, max_tokens) for _ in range(runs)]
+    report["decode_tok_per_s"]["raw_llama_cpp"] = _spread(raw)
+    report["runtime_over_raw"] = report["decode_tok_per_s"]["free"]["median"] / statistics.median(raw)
     report["grammar_ms_per_token"] = {}
     for engine in ENGINES:
         stats = [_decode(m, prompt, gbnf, engine, max_tokens, False) for _ in range(runs)]
         report["grammar_ms_per_token"][engine] = _spread([x for s in stats for x in s.step_grammar_ms])
+        report.setdefault("grammar_background_ms_per_mask", {})[engine] = _spread(
+            [x for s in stats for x in s.background_grammar_ms])
+        report.setdefault("rejection_rate", {})[engine] = sum(s.rejections for s in stats) / max(
+            1, sum(s.completion_tokens for s in stats))
         report["decode_tok_per_s"][engine] = _spread([s.completion_tokens / s.decode_seconds for s in stats])
         report.setdefault("outputs", {})[engine] = [s.completion_tokens for s in stats]
     report["grammar_ms_per_token"]["llama_cpp_python_default"] = _baseline_grammar_path(m, prompt, gbnf, max_tokens)
@@ -203,7 +238,9 @@ def summary(report: dict[str, Any]) -> str:
                      f"p99 {g[engine]['p99']:.4f} ms/token")
     lines += [f"grammar cost llama-cpp-python grammar=: {base:.3f} ms/token (mean)",
               f"decode free {report['decode_tok_per_s']['free']['median']:.1f} tok/s, "
-              f"prompt {report['prompt_tok_per_s']['median']:.1f} tok/s",
+              f"prompt {report['prompt_tok_per_s']['median']:.1f} tok/s; raw llama.cpp loop "
+              f"{report['decode_tok_per_s']['raw_llama_cpp']['median']:.1f} tok/s (ours / raw "
+              f"{report['runtime_over_raw']:.3f})",
               f"e2e BFCL call constrained+ff / free: {e2e['ratio']:.3f} (forced share {e2e['forced_share']:.0%})",
               f"TTFT {t['tool_prompt_tokens']}-token tools: cold {t['cold_seconds']:.3f} s, "
               f"warm/cold {t['warm_over_cold']:.3f}, disk-warm/cold {t['disk_warm_over_cold']:.3f}",

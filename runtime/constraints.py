@@ -194,6 +194,7 @@ class LlamaGrammarConstraint(_Timed):
             # any split of it, e.g. "_tr" + "iangle"): both engines then give the same tokens.
             mask = _mask_of(self.forcer, self._penalty)
             if not mask.allows(token):
+                self.rejections += 1
                 token = sampler.sample(np.add(logits[: self.n_vocab], mask.penalty, out=self._masked_buf))
         token = self._check(token, logits, sampler)
         self._pending += time.perf_counter() - t0

@@ -45,31 +45,33 @@ def test_engines_and_fast_forward_agree_under_greedy(ta: ToolACE) -> None:
     tools = json.loads((EXAMPLES / "bfcl_travel.json").read_text())
     q = "Convert 100 EUR to USD."
     outs = {}
-    for engine, ff in [("llguidance", True), ("llguidance", False), ("llama", True)]:
+    for engine, ff in [("llguidance", True), ("llguidance", False), ("llama", True), ("llama", False)]:
         ta.engine = engine
         outs[(engine, ff)] = ta.call(q, tools, "required", max_tokens=48, fast_forward=ff).raw
     ta.engine = "llguidance"
     assert len(set(outs.values())) == 1, outs
 
 
-def test_engines_agree_on_bfcl_sample(ta: ToolACE, bfcl_dir: Path) -> None:
-    """Both engines always produce valid calls; they agree token for token except where llguidance admits only
-    the canonical tokenization of grammar-forced text and llama.cpp's sampler admits any (measured: ~90%)."""
+def test_engines_agree_on_bfcl_sample(smollm2_gguf: Path, bfcl_dir: Path) -> None:
+    """Both engines produce valid calls and agree token for token: forced text is split canonically by both.
+    Each run prefills from scratch: reusing a prefix evaluates the last prompt token in a smaller batch, which
+    rounds the logits differently and can flip a near tie, whatever the engine."""
     from toolace.bfcl import load_questions
 
+    ta = ToolACE.load(str(smollm2_gguf), n_ctx=4096, kv_cache=False)
     questions = list(load_questions(bfcl_dir))[::60]
     same = 0
     for q in questions:
         raws = []
         for engine in ("llguidance", "llama"):
             ta.engine = engine
+            ta.model.reset()
             r = ta.chat(q.messages, q.functions, "required", max_tokens=48)
             assert r.valid or r.finish_reason == "length", (q.id, engine, r)
             raws.append(r.raw)
         same += raws[0] == raws[1]
-    ta.engine = "llguidance"
     print(f"\nengines agree on {same}/{len(questions)} BFCL questions")
-    assert same >= 0.8 * len(questions)
+    assert same == len(questions)
 
 
 def test_cli_call_json(smollm2_gguf: Path) -> None:

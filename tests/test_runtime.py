@@ -102,3 +102,27 @@ def test_prompt_longer_than_context(smollm2_gguf: Path) -> None:
     small = ToolACE.load(str(smollm2_gguf), n_ctx=256, kv_cache=False)
     with pytest.raises(GenerationError, match=r"prompt is \d+ tokens, the context holds 256"):
         small.call("hi " * 400, TOOLS, "auto")
+
+
+@pytest.mark.parametrize("engine", ["llguidance", "llama"])
+def test_mask_prefetch_and_engines_change_no_token(tiny_llama_gguf: Path, engine: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The random-weight 128k-vocabulary model is rejected almost every token, the case the helper-thread mask is
+    for. Prefetching (always vs never) changes only timing; both engines pick the same tokens, greedy or sampled."""
+    import toolace.runtime.constraints as constraints
+
+    tiny = ToolACE.load(str(tiny_llama_gguf), n_ctx=2048, kv_cache=False, engine=engine)
+    question = [{"role": "user", "content": "Orders of Alice?"}]
+    outs = {}
+    for rate in (0.0, 2.0):  # 0: prefetch from the first token on; 2: never
+        monkeypatch.setattr(constraints, "PREFETCH_REJECTION_RATE", rate)
+        for temperature in (0.0, 1.5):
+            r = tiny.chat(question, TOOLS, "required", max_tokens=24, temperature=temperature, seed=7,
+                          fast_forward=temperature > 0)
+            outs[(rate, temperature)] = r.raw
+            assert r.stats.rejections > 0 or temperature > 0
+            if engine == "llguidance":
+                assert bool(r.stats.background_grammar_ms) == (rate == 0.0)
+    assert outs[(0.0, 0.0)] == outs[(2.0, 0.0)] and outs[(0.0, 1.5)] == outs[(2.0, 1.5)]
+    reference = ToolACE.load(str(tiny_llama_gguf), n_ctx=2048, kv_cache=False, engine="llguidance")
+    assert reference.chat(question, TOOLS, "required", max_tokens=24, fast_forward=False).raw == outs[(0.0, 0.0)]
