@@ -39,10 +39,11 @@ lint: install
 bench: install fixtures
 	$(BIN)/python bench/run.py
 
-# Long fuzz and adversarial-sampling runs (>= 10,000 inputs each) and the full BFCL validity set.
+# Long fuzz and adversarial-sampling runs (>= 10,000 inputs each), with hypothesis's example counts printed.
+# (The full BFCL validity set on SmolLM2 is `toolace eval`: bench/results/eval_smollm2.json.)
 stress: install fixtures
-	TOOLACE_STRESS=1 $(BIN)/python -m pytest -q -s tests/test_fuzz.py tests/test_grammar_properties.py \
-		tests/test_adversarial.py tests/test_validity.py
+	TOOLACE_STRESS=1 $(BIN)/python -m pytest -q -s --hypothesis-show-statistics \
+		tests/test_fuzz.py tests/test_grammar_properties.py tests/test_adversarial.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info
