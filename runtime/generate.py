@@ -48,6 +48,7 @@ def generate(model: Model, prompt: Sequence[int], *, constraint: Constraint | No
              stats: GenerationStats | None = None) -> Iterator[Chunk]:
     """Yield chunks of generated text; `stats` (if given) is filled in, finish_reason last."""
     check_max_tokens(max_tokens)
+    sampling.check_vocab(model.n_vocab)  # before any token: a bias on id >= n_vocab would index past the logits
     st = stats if stats is not None else GenerationStats()
     t0 = time.perf_counter()
     st.prompt_tokens = len(prompt)

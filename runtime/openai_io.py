@@ -132,9 +132,24 @@ def stop_of(body: dict[str, Any]) -> list[str]:
 
 def sampling_of(body: dict[str, Any]) -> dict[str, Any]:
     opts = {"temperature": _number(body, "temperature", 0.0), "top_p": _number(body, "top_p", 1.0),
-            "top_k": _number(body, "top_k", 0), "min_p": _number(body, "min_p", 0.0), "seed": body.get("seed")}
+            "top_k": _number(body, "top_k", 0), "min_p": _number(body, "min_p", 0.0), "seed": body.get("seed"),
+            "logit_bias": _logit_bias(body.get("logit_bias"))}
     SamplingParams(**opts)  # validates: NaN, out of range, wrong types → InputError → 400
     return opts
+
+
+def _logit_bias(value: Any) -> dict[int, Any]:
+    """OpenAI's {"token id as a string": bias}; ids beyond the vocabulary are refused once the model is known."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ApiError(400, f"logit_bias must be an object mapping token ids to biases, got {type(value).__name__}")
+    out: dict[int, Any] = {}
+    for key, bias in value.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 10):
+            raise ApiError(400, f"logit_bias keys must be token ids (decimal integers), got {key!r}")
+        out[int(key)] = bias
+    return out
 
 
 def usage(result_stats: Any) -> dict[str, int]:

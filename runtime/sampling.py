@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from toolace.errors import InputError
-from toolace.limits import MAX_TEMPERATURE
+from toolace.limits import MAX_LOGIT_BIAS, MAX_LOGIT_BIAS_ENTRIES, MAX_TEMPERATURE
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     min_p: float = 0.0
     seed: int | None = None
+    logit_bias: Mapping[int, float] = field(default_factory=dict)  # token id → added to its logit
 
     def __post_init__(self) -> None:
         checks = [
@@ -35,18 +37,44 @@ class SamplingParams:
             raise InputError(f"top_k must be a non-negative integer, got {self.top_k!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
+        self._check_logit_bias()
+
+    def _check_logit_bias(self) -> None:
+        """Token ids are checked against the vocabulary by `check_vocab` once the model is known."""
+        bias = self.logit_bias
+        if not isinstance(bias, Mapping):
+            raise InputError(f"logit_bias must be a mapping of token id to bias, got {type(bias).__name__}")
+        if len(bias) > MAX_LOGIT_BIAS_ENTRIES:
+            raise InputError(f"logit_bias has {len(bias)} entries, at most {MAX_LOGIT_BIAS_ENTRIES}")
+        for token, value in bias.items():
+            if not isinstance(token, int) or isinstance(token, bool) or token < 0:
+                raise InputError(f"logit_bias keys must be token ids (non-negative integers), got {token!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                    or abs(value) > MAX_LOGIT_BIAS:
+                raise InputError(f"logit_bias for token {token} must be a number in [-{MAX_LOGIT_BIAS:g}, "
+                                 f"{MAX_LOGIT_BIAS:g}], got {value!r}")
+
+    def check_vocab(self, n_vocab: int) -> None:
+        bad = [t for t in self.logit_bias if t >= n_vocab]
+        if bad:
+            raise InputError(f"logit_bias token id {bad[0]} is outside the vocabulary (0..{n_vocab - 1})")
 
 
 class Sampler:
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
+        self._bias_ids = np.fromiter(params.logit_bias.keys(), dtype=np.int64, count=len(params.logit_bias))
+        self._bias_values = np.fromiter(params.logit_bias.values(), dtype=np.float32, count=len(params.logit_bias))
 
     @property
     def greedy(self) -> bool:
         return self.params.temperature == 0.0
 
     def sample(self, logits: np.ndarray) -> int:
+        if self._bias_ids.size:
+            logits = logits.copy()  # never write into llama.cpp's logits buffer
+            logits[self._bias_ids] += self._bias_values
         if self.greedy:
             return int(np.argmax(logits))
         p = self.params

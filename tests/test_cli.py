@@ -82,3 +82,21 @@ def test_bench_convert_reports_time_throughput_and_memory(tiny_llama_dir: Path, 
 def test_bench_convert_bad_flags_exit_2(tiny_llama_dir: Path, args: list[str], message: str) -> None:
     res = CliRunner().invoke(main, ["bench", "convert", str(tiny_llama_dir), *args])
     assert res.exit_code == 2 and res.output.startswith("Error: ") and message in res.output, res.output
+
+
+def test_bench_runs_every_figure_and_writes_json_and_png(smollm2_gguf: Path, bfcl_dir: Path, tmp_path: Path) -> None:
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    res = CliRunner().invoke(main, ["bench", "--model", str(smollm2_gguf), "--data", str(bfcl_dir), "--runs", "1",
+                                    "--max-tokens", "8", "--json", str(out), "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    import json
+
+    report = json.loads(out.read_text())
+    for engine in ("llguidance", "llama"):
+        assert report["grammar_ms_per_token"][engine]["n"] >= 1 and report["decode_tok_per_s"][engine]["median"] > 0
+    assert report["decode_tok_per_s"]["raw_llama_cpp"]["median"] > 0 and report["runtime_over_raw"] > 0
+    assert report["grammar_ms_per_token"]["llama_cpp_python_default"]["grammar"]["tokens"] >= 1
+    assert report["e2e_call"]["ratio"] > 0 and report["ttft"]["tool_prompt_tokens"] >= 2000
+    assert report["ttft"]["warm_over_cold"] < 1 and report["peak_rss_mb"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert res.output.splitlines()[0].startswith(f"model {smollm2_gguf}")

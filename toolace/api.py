@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,9 +134,11 @@ class ToolACE:
     def stream(self, messages: Sequence[dict[str, Any]], tools: Any = None, tool_choice: Any = "auto", *,
                parallel_tool_calls: bool = True, max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.0,
                top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, seed: int | None = None,
-               stop: Sequence[str] = (), fast_forward: bool = True) -> Iterator[StreamEvent]:
+               logit_bias: Mapping[int, float] | None = None, stop: Sequence[str] = (),
+               fast_forward: bool = True) -> Iterator[StreamEvent]:
         """Generate the next assistant turn, yielding text, each call's name, each closed argument, then done."""
-        sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
+        sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
+                                  logit_bias=logit_bias or {})
         norm = normalise_tools(tools) if tools else None
         grammar = self.grammar(norm, tool_choice, parallel_tool_calls) if norm else None
         with self.lock:

@@ -31,6 +31,8 @@ MAX_N_CTX = 131_072  # tokens; Llama-3.1's trained context
 DEFAULT_MAX_TOKENS = 512  # tokens generated when the caller does not say
 MAX_MAX_TOKENS = 32_768  # tokens; a larger request is refused rather than silently clipped
 MAX_TEMPERATURE = 5.0  # above this sampling is noise
+MAX_LOGIT_BIAS_ENTRIES = 1024  # tokens biased per request; each costs an indexed add per sampled token
+MAX_LOGIT_BIAS = 100.0  # |bias| per token, OpenAI's range: ±100 already bans or forces a token
 MAX_FAST_FORWARD_TOKENS = 64  # forced tokens appended in one batch
 
 # --- files ---------------------------------------------------------------------------------------------------------
