@@ -362,9 +362,17 @@ class ValueCompiler:
         raise SchemaError(f"tool {self.tool.name!r}: {pointer or '/'}: minItems > 0 with items false admits no value")
 
     def _object(self, s: dict[str, Any], pointer: str) -> str:
-        props: dict[str, Any] = s.get("properties", {})
+        props: dict[str, Any] = dict(s.get("properties", {}))
         required = set(s.get("required", []))
         extra = s.get("additionalProperties", None if props else True)
+        # A required name with no declared schema takes additionalProperties' (any value by default): the grammar
+        # then demands it, rather than leaving a missing key to the post-check (BFCL's parallel_29 has such dicts).
+        for key in s.get("required", []):
+            if key not in props:
+                if extra is False:
+                    raise SchemaError(f"tool {self.tool.name!r}: {pointer or '/'}: required property {key!r} is "
+                                      "not declared and additionalProperties is false: no value is possible")
+                props[key] = True if extra in (None, True) else extra
         extra_expr = None
         if extra is not None and extra is not False:
             extra_expr = f"str colon {self.value(extra, f'{pointer}/additionalProperties')}"

@@ -3,7 +3,9 @@ the model; repo ids with path tricks are refused before any download."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -105,15 +107,23 @@ def test_repo_id_names() -> None:
 @pytest.fixture
 def offline_hub(tmp_path: Path, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A Hugging Face cache holding the tiny fixture as Team-ACE/ToolACE-8B, laid out as huggingface_hub lays out
-    a download (refs/main -> snapshot folder of links into the blob store); HF_HUB_OFFLINE=1 so nothing is fetched."""
+    a download (refs/main -> snapshot folder of relative links into blobs/, LFS blobs named by their sha256, which
+    `download` checks); HF_HUB_OFFLINE=1 so nothing is fetched."""
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hf" / "hub" / "models--Team-ACE--ToolACE-8B"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
-    snap = repo / "snapshots" / commit
+    snap, blobs = repo / "snapshots" / commit, repo / "blobs"
     snap.mkdir(parents=True)
+    blobs.mkdir()
     for f in tiny_llama_dir.iterdir():
-        (snap / f.name).symlink_to(f)
+        data = f.read_bytes()
+        blob = blobs / (hashlib.sha256 if f.suffix == ".safetensors" else hashlib.sha1)(data).hexdigest()
+        try:
+            os.link(f, blob)  # a link, not a copy, where the fixture cache shares the file system
+        except OSError:
+            shutil.copyfile(f, blob)
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

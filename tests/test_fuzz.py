@@ -9,9 +9,11 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -78,43 +80,91 @@ def test_fuzz_call_parser(text: str) -> None:
 
 
 def test_deeply_nested_literal_is_an_error_not_a_crash() -> None:
-    text = "[a.b(" + "[" * 5000 + "]" * 5000 + ")]"
-    try:
-        parse_calls(text, TOOLS)
-    except CallParseError as e:
-        assert "nests deeper" in str(e) or "unknown parameter" in str(e)
+    # Into a parameter that takes any value, so the parser really descends (a.b has no parameter: it would stop at
+    # "unknown parameter" before nesting). 5000 levels would overflow a recursive parser without the depth bound.
+    for opening, closing in (("[", "]"), ("(", ",)"), ('{"k": ', "}")):
+        deep = "[get weather(opts=" + opening * 5000 + "1" + closing * 5000 + ")]"
+        with pytest.raises(CallParseError, match=r"^literal nests deeper than 64 \(at character \d+\)$"):
+            parse_calls(deep, TOOLS)
+        with pytest.raises(CallParseError, match=r"^literal nests deeper than 64 "):  # one past the bound
+            parse_calls("[get weather(opts=" + opening * 65 + "1" + closing * 65 + ")]", TOOLS)
+        # near miss: exactly at the bound parses, and the value is kept whole
+        (call,) = parse_calls("[get weather(opts=" + opening * 64 + "1" + closing * 64 + ")]", TOOLS)
+        value, depth = call.arguments["opts"], 0
+        while value != 1:
+            value, depth = value["k"] if isinstance(value, dict) else value[0], depth + 1
+        assert depth == 64
 
+
+# Grammars handed straight to LlamaGrammarConstraint (not from compile_grammar): (GBNF, the error it must raise).
+# llguidance takes left recursion (it is an Earley parser), so left-recursive GBNF reaches llama.cpp, whose parser
+# detects it and returns NULL; malformed GBNF is refused by the llguidance conversion before llama.cpp sees it.
+LLAMA_REJECTED = "SchemaError: llama.cpp's GBNF parser rejected the grammar"
+LLGUIDANCE_REJECTED = "SchemaError: grammar rejected by llguidance: Failed to convert the grammar from GBNF to Lark: "
+BAD_GRAMMARS: list[tuple[str, str]] = [
+    ('root ::= root "a" | "b"', LLAMA_REJECTED),  # direct left recursion
+    ('root ::= a\na ::= b "x" | "y"\nb ::= a', LLAMA_REJECTED),  # indirect left recursion
+    ('root ::= n root "a" | "b"\nn ::= "c"?', LLAMA_REJECTED),  # left recursion through a nullable rule
+    ('root ::= "unterminated', LLGUIDANCE_REJECTED + "Unexpected end of input"),
+    ("root ::= undefined-rule", LLGUIDANCE_REJECTED + "Rule 'undefined-rule' not found"),
+    ("", LLGUIDANCE_REJECTED + "No 'root' rule found"),
+]
+# Near misses: one change away from a bad grammar above, and loaded.
+GOOD_GRAMMARS = ['root ::= "a" root | "b"', 'root ::= a\na ::= "x" b | "y"\nb ::= a',
+                 'root ::= n root "a" | "b"\nn ::= "c"', 'root ::= "terminated"',
+                 "root ::= defined-rule\ndefined-rule ::= \"x\""]
 
 CRASH_PROBE = """
-import sys, llama_cpp
+import json, sys
 from toolace.runtime.model import Model
 from toolace.runtime.constraints import LlamaGrammarConstraint
 from toolace.errors import ToolaceError
+
+def outcome(fn):
+    try:
+        fn()
+        return "OK"
+    except ToolaceError as e:
+        return f"{type(e).__name__}: {e}"
+
+def report(*row):
+    print(json.dumps(row), flush=True)  # flushed: a crash still shows how far the probe got
+
 m = Model(sys.argv[1], n_ctx=256)
-try:
-    LlamaGrammarConstraint(m, sys.stdin.read())
-    print("LOADED")
-except ToolaceError as e:
-    print("ERROR", type(e).__name__)
-for bad in (-1, m.n_vocab, 2**31 - 1):
-    for op in (lambda t: m.token_text(t), lambda t: m.eval([t])):
-        try:
-            op(bad)
-            print("NO-ERROR", bad)
-        except ToolaceError:
-            pass
-print("DONE")
+report("n_vocab", m.n_vocab)
+for gbnf in json.loads(sys.stdin.read()):
+    report("grammar", gbnf, outcome(lambda: LlamaGrammarConstraint(m, gbnf)))
+ops = {"token_text": lambda t: m.token_text(t), "token_text plain": lambda t: m.token_text(t, special=False),
+       "detokenizer": lambda t: m.detokenizer().add(t), "eval": lambda t: (m.reset(), m.eval([t]))}
+for t in (-1, m.n_vocab, 2**31 - 1, 0, m.n_vocab - 1):
+    for name, op in ops.items():
+        report("token", name, t, outcome(lambda: op(t)))
+report("done")
 """
 
 
-def test_bad_grammars_and_token_ids_never_crash_llama_cpp(smollm2_gguf) -> None:
-    """In a subprocess, so a segfault fails this test instead of killing the suite."""
-    for gbnf in ('root ::= root "a" | "b"', 'root ::= "unterminated', "root ::= undefined-rule", ""):
-        proc = subprocess.run([sys.executable, "-c", CRASH_PROBE, str(smollm2_gguf)], input=gbnf, text=True,
-                              capture_output=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        assert proc.returncode == 0, (gbnf, proc.returncode, proc.stderr[-1500:])
-        assert "ERROR" in proc.stdout.split("\n")[0] or "LOADED" in proc.stdout, proc.stdout
-        assert "NO-ERROR" not in proc.stdout and proc.stdout.strip().endswith("DONE")
+def test_bad_grammars_and_token_ids_never_crash_llama_cpp(smollm2_gguf: Path) -> None:
+    """In a subprocess, so a segfault fails this test instead of killing the suite. Every bad grammar and token id
+    is refused with its own error; the near misses load."""
+    grammars = [g for g, _ in BAD_GRAMMARS] + GOOD_GRAMMARS
+    proc = subprocess.run([sys.executable, "-c", CRASH_PROBE, str(smollm2_gguf)], input=json.dumps(grammars),
+                          text=True, capture_output=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("[")]
+    assert proc.returncode == 0 and rows[-1] == ["done"], (proc.returncode, rows[-3:], proc.stderr[-1500:])
+    (_, n_vocab), *rows = rows[:-1]
+    verdicts = {row[1]: row[2] for row in rows if row[0] == "grammar"}
+    for gbnf, error in BAD_GRAMMARS:
+        assert verdicts[gbnf].startswith(error), (gbnf, verdicts[gbnf])
+    for gbnf in GOOD_GRAMMARS:
+        assert verdicts[gbnf] == "OK", (gbnf, verdicts[gbnf])
+    tokens = {(op, t): verdict for kind, op, t, verdict in (r for r in rows if r[0] == "token")}
+    assert len(tokens) == 5 * 4
+    for (op, t), verdict in tokens.items():
+        if 0 <= t < n_vocab:
+            assert verdict == "OK", (op, t, verdict)
+        else:
+            assert verdict == f"GenerationError: token id {t} outside the vocabulary (0..{n_vocab - 1})", (op, t)
 
 
 def test_check_text_on_hostile_text_is_bounded() -> None:
@@ -156,19 +206,30 @@ def test_fuzz_gguf_precheck(data: st.DataObject) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "f.gguf"
         path.write_bytes(bytes(raw))
+        start = time.perf_counter()
         with contextlib.suppress(ModelFileError):
             check_gguf(path)
+        elapsed = time.perf_counter() - start
+    assert elapsed < 0.1, f"pre-check took {elapsed * 1000:.0f} ms on a {len(raw)}-byte file"  # no hang, no slow path
 
 
 def test_empty_string_array_regression(tmp_path: Path) -> None:
-    """Found by the fuzzer: an empty token list crashed the pre-check with ValueError instead of a clear verdict."""
-    from tests.helpers.gguf_bytes import ARRAY, STRING, gguf_file, kv, tensor_info
+    """Found by the fuzzer: an empty token list crashed the pre-check with ValueError instead of a clear verdict.
+    The verdict: an empty string array is well formed (it passes, as an empty array), and an id that would index
+    into the empty vocabulary is refused."""
+    from tests.helpers.gguf_bytes import ARRAY, STRING, U32, gguf_file, kv, tensor_info
     from toolace.convert.gguf_check import check_gguf
     from toolace.errors import ModelFileError
 
-    path = tmp_path / "empty-vocab.gguf"
-    path.write_bytes(gguf_file([kv("general.architecture", STRING, "llama"), kv("tokenizer.ggml.tokens", ARRAY, [],
-                                                                              STRING)], [tensor_info("w", [8])],
-                               data=bytes(32)))
-    with contextlib.suppress(ModelFileError):
-        check_gguf(path)
+    def write(extra: list[bytes]) -> Path:
+        path = tmp_path / "empty-vocab.gguf"
+        path.write_bytes(gguf_file([kv("general.architecture", STRING, "llama"),
+                                    kv("tokenizer.ggml.tokens", ARRAY, [], STRING)] + extra,
+                                   [tensor_info("w", [8])], data=bytes(32)))
+        return path
+
+    tokens = check_gguf(write([])).kv["tokenizer.ggml.tokens"]
+    assert (tokens.count, tokens.values) == (0, [])
+    with pytest.raises(ModelFileError, match=r"empty-vocab.gguf: tokenizer.ggml.bos_token_id 0 is not below the "
+                                             r"vocabulary size 0$"):
+        check_gguf(write([kv("tokenizer.ggml.bos_token_id", U32, 0)]))

@@ -192,3 +192,55 @@ def _timed(path: Path) -> float:
     start = time.perf_counter()
     check_gguf(path)
     return time.perf_counter() - start
+
+
+def _sparse_copy(src: Path, dst: Path, size: int) -> Path:
+    """The first `size` bytes of `src` as far as its header goes; beyond it a sparse hole (tensor data is never
+    read by the pre-check, so a multi-MB copy is not needed)."""
+    header = check_gguf(src).data_start
+    with src.open("rb") as f, dst.open("wb") as g:
+        g.write(f.read(min(size, header)))
+        g.truncate(size)
+    return dst
+
+
+# Cut points into the real SmolLM2 GGUF (None: its data section's end, minus one byte) and the pre-check's verdict.
+TRUNCATIONS: list[tuple[int | None, str]] = [
+    (16, r"truncated: 16 bytes is shorter than a GGUF header \(24\)"),
+    (1000, r"tensor count 272 is absurd for a 1000-byte file"),
+    (200_000, r"tokenizer.ggml.tokens: array of 49152 elements cannot fit in the \d+ bytes left in the file"),
+    (1_785_664, r"tensor token_embd.weight: data at offset 0 \+ 30081024 bytes runs past the end of the file"),
+    (None, r"tensor [\w.]+: data at offset \d+ \+ \d+ bytes runs past the end of the file"),
+]
+
+
+@pytest.mark.parametrize("entry", ["ToolACE.load", "Model"])
+def test_hostile_gguf_refused_before_llama_cpp_parses_it(tmp_path: Path, smollm2_gguf: Path, entry: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A truncated copy of a real model, through both public entry points: the pre-check's ModelFileError, and
+    llama.cpp's loader is never called (it is replaced by a tripwire). The full file, the near miss, loads."""
+    import llama_cpp
+
+    from toolace.api import ToolACE
+    from toolace.runtime.model import Model
+
+    def load(path: Path) -> object:
+        return ToolACE.load(str(path), n_ctx=256, kv_cache=False) if entry == "ToolACE.load" \
+            else Model(path, n_ctx=256)
+
+    real_llama = llama_cpp.Llama
+
+    def tripwire(*args: object, **kwargs: object) -> None:
+        raise AssertionError("llama.cpp was handed a file the pre-check should have refused")
+
+    monkeypatch.setattr(llama_cpp, "Llama", tripwire)
+    full = smollm2_gguf.stat().st_size
+    for cut, message in TRUNCATIONS:
+        size = full - 1 if cut is None else cut
+        path = _sparse_copy(smollm2_gguf, tmp_path / f"cut-{size}.gguf", size)
+        with pytest.raises(ModelFileError, match=rf"^cut-{size}.gguf: {message}"):
+            load(path)
+    monkeypatch.setattr(llama_cpp, "Llama", real_llama)
+    loaded = load(smollm2_gguf)
+    model = loaded.model if isinstance(loaded, ToolACE) else loaded
+    assert isinstance(model, Model) and model.n_vocab == 49152

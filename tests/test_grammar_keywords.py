@@ -4,6 +4,7 @@ the schema on these values."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jsonschema
@@ -88,6 +89,17 @@ TABLE: dict[str, tuple[dict[str, Any], list[Any], list[tuple[Any, Any]]]] = {
         },
         [{"a": 1}, {"a": 1, "b": "x"}],
         [({"b": "x"}, {"a": 0, "b": "x"}), ({"a": 1, "c": 2}, {"a": 1})],
+    ),
+    "required without properties": (
+        {"type": "object", "required": ["adults", "children"]},
+        [{"adults": 2, "children": [1]}, {"adults": "x", "children": None, "pets": 1}],
+        [({"adults": 2}, {"adults": 2, "children": 0}), ({",": 20}, {"adults": 20, "children": 20})],
+    ),
+    "required undeclared, additionalProperties schema": (
+        {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a", "n"],
+         "additionalProperties": {"type": "integer"}},
+        [{"a": "x", "n": 1}, {"a": "x", "n": 1, "m": 2}],
+        [({"a": "x", "n": "1"}, {"a": "x", "n": 1}), ({"a": "x"}, {"a": "x", "n": 0})],
     ),
     "additionalProperties schema": (
         {"type": "object", "additionalProperties": {"type": "number"}},
@@ -193,6 +205,12 @@ def test_post_checked_keywords_are_recorded(schema: dict[str, Any], keyword: str
     assert any(p.keyword.startswith(keyword) for p in compiled.post_checks), compiled.post_checks
 
 
+# Names holding a quote or a bracket of the call language (tool or parameter name): refused, naming the character.
+QUOTE_NAMES = [("it's", "'"), ('say"hi', '"'), ("a[0]", "["), ("f)", ")"), ("get_weather'", "'"), ("a.b[", "[")]
+# Their near misses: the same names without the delimiter, plus dots, dashes and inner spaces, all of which pass.
+NEAR_MISS_NAMES = ["its", "sayhi", "a0", "f", "get_weather", "a.b", "from-date", "Market Trends API", "über"]
+
+
 @pytest.mark.parametrize(
     ("tools", "message"),
     [
@@ -261,6 +279,15 @@ def test_post_checked_keywords_are_recorded(schema: dict[str, Any], keyword: str
         ([{"name": ""}], "non-empty string"),
         ([{"name": "a\nb"}], "delimits the call language"),
         ([{"name": "f", "parameters": {"type": "object", "properties": {"a]": {"type": "string"}}}}], "contains ']'"),
+        *[
+            (tools, "^" + re.escape(f"{where} {name!r} contains {char!r}, which delimits the call language") + "$")
+            for name, char in QUOTE_NAMES
+            for tools, where in (
+                ([{"name": name}], "tool #0 name"),
+                ([{"name": "f", "parameters": {"type": "object", "properties": {name: {}}}}],
+                 "tool 'f': parameter name"),
+            )
+        ],
     ],
 )
 def test_bad_schemas_fail_with_one_clear_error(tools: list[dict[str, Any]], message: str) -> None:
@@ -293,3 +320,11 @@ def test_python_keyword_and_dotted_names_are_exact() -> None:
     gbnf = compile_grammar(tools, "required").gbnf
     assert check_text(gbnf, "[Market Trends API(class='x', from-date='y', a.b=1)]").ok
     assert not check_text(gbnf, "[Market Trends API(klass='x')]").ok
+
+
+@pytest.mark.parametrize("name", NEAR_MISS_NAMES)
+def test_near_miss_names_pass(name: str) -> None:
+    as_tool = compile_grammar([{"name": name, "parameters": {"type": "object", "properties": {"v": {}}}}], "required")
+    assert check_text(as_tool.gbnf, f"[{name}(v=1)]").ok
+    as_param = compile_grammar([{"name": "f", "parameters": {"type": "object", "properties": {name: {}}}}], "required")
+    assert check_text(as_param.gbnf, f"[f({name}=1)]").ok

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from toolace.errors import TemplateError
 from toolace.grammars.schema import normalise_tools
+from toolace.limits import MAX_TEMPLATE_SECONDS
 from toolace.runtime.prompt import LLAMA3_TEMPLATE, ChatTemplate, Segment, system_prompt, tool_messages
 
 GOLDEN = (
@@ -68,3 +71,45 @@ def test_hostile_templates_are_stopped(source: str, message: str) -> None:
 def test_near_miss_template_renders() -> None:
     ct = ChatTemplate("{% for i in range(3) %}{{ i }}{% endfor %}{{ messages[0]['content'] }}")
     assert "".join(s.text for s in ct.render([{"role": "user", "content": "hi"}])) == "012hi"
+
+
+def test_expensive_template_stopped_by_wall_clock() -> None:
+    """Few loop steps (far under MAX_TEMPLATE_LOOP_STEPS), small output, but each step sorts a 40k-element list
+    built from the message at render time (a constant would be folded at compile time): only the wall-clock bound
+    can stop it, and it does so within a step or so of MAX_TEMPLATE_SECONDS."""
+    source = "{% for i in range(10000) %}{{ (messages[0]['content'] * 20000) | list | sort | length }}{% endfor %}"
+    start = time.monotonic()
+    with pytest.raises(TemplateError, match=rf"^chat template ran longer than {MAX_TEMPLATE_SECONDS} s$"):
+        ChatTemplate(source).render([{"role": "user", "content": "hi"}])
+    elapsed = time.monotonic() - start
+    assert MAX_TEMPLATE_SECONDS <= elapsed < MAX_TEMPLATE_SECONDS + 1.5, elapsed
+    # near miss: the same per-step work, a few steps, renders
+    cheap = ChatTemplate(source.replace("range(10000)", "range(3)"))
+    assert "".join(s.text for s in cheap.render([{"role": "user", "content": "hi"}])) == "400004000040000"
+
+
+@pytest.mark.parametrize(("source", "operation"), [
+    ("{{ messages.append(1) }}", "'append' of 'list'"),
+    ("{% set x = messages.pop() %}", "'pop' of 'list'"),
+    ("{{ messages.clear() }}", "'clear' of 'list'"),
+    ("{{ messages[0].update({'role': 'system'}) }}", "'update' of 'dict'"),
+    ("{% set x = messages[0].pop('content') %}", "'pop' of 'dict'"),
+    ("{{ messages[0].setdefault('x', 1) }}", "'setdefault' of 'dict'"),
+])
+def test_sandbox_refuses_mutating_the_messages(source: str, operation: str) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(TemplateError, match=rf"^chat template failed to render: SecurityError: access to attribute "
+                                            rf"{operation} object is unsafe\.$"):
+        ChatTemplate(source).render(messages)
+    assert messages == [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(("source", "rendered"), [
+    ("{{ (messages + [1]) | length }}", "2"),  # a new list, not the caller's
+    ("{% set x = messages | list %}{{ x | length }}", "1"),
+    ("{{ messages[0].get('role') }}", "user"),
+    ("{{ messages[0].items() | list | length }}", "2"),
+    ("{{ messages | map(attribute='role') | join(',') }}", "user"),
+])
+def test_sandbox_near_misses_read_the_messages(source: str, rendered: str) -> None:
+    assert "".join(s.text for s in ChatTemplate(source).render([{"role": "user", "content": "hi"}])) == rendered

@@ -7,7 +7,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,8 @@ from openai import OpenAI
 from toolace.api import ToolACE
 from toolace.errors import InputError
 from toolace.grammars.schema import normalise_tools
+from toolace.limits import MAX_MAX_TOKENS, MAX_TEMPERATURE
+from toolace.runtime.openai_io import MAX_STOP_CHARS, MAX_STOP_SEQUENCES
 from toolace.runtime.prompt import system_prompt
 from toolace.runtime.server import MAX_BODY_BYTES, create_app, serve
 
@@ -79,6 +81,14 @@ def small_server(smollm2_gguf: Path) -> Iterator[Server]:
 def _healthy(server: Server) -> None:
     r = httpx.get(f"{server.url}/health", timeout=10)
     assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def _queue_drained(server: Server) -> None:
+    """No request slot is left taken (a leaked slot or worker would keep `used` above 0 for good)."""
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{server.url}/health", timeout=10).json()["queue"]["used"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert httpx.get(f"{server.url}/health", timeout=10).json()["queue"]["used"] == 0
 
 
 def _chat(client: OpenAI, tools: list[dict] | None, tool_choice: Any = None, **kw: Any) -> Any:
@@ -283,10 +293,7 @@ def test_client_disconnect_mid_stream(server: Server, weather_tools: list[dict])
     r = _chat(server.client(), weather_tools, "required", max_tokens=32)  # the lock was released
     assert r.choices[0].message.tool_calls
     assert time.monotonic() - t0 < 30
-    deadline = time.monotonic() + 10
-    while httpx.get(f"{server.url}/health").json()["queue"]["used"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert httpx.get(f"{server.url}/health").json()["queue"]["used"] == 0
+    _queue_drained(server)
 
 
 # --- hostile requests ----------------------------------------------------------------------------------------------
@@ -303,58 +310,176 @@ def _error(r: httpx.Response, status: int, *words: str) -> None:
         assert w in err["message"], err["message"]
 
 
+def _error_exact(r: httpx.Response, status: int, message: str) -> dict[str, Any]:
+    """The response is an OpenAI-style error with exactly this status and message; returns the error object."""
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"] == message
+    assert err["type"] == "invalid_request_error"
+    return err
+
+
 BASE = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+TOOL_0 = LOAD_TOOLS[0]
+NAMED_0 = {"type": "function", "function": {"name": "tool_0"}}
+REFUSED = "is not accepted: templates and grammars are fixed by the server (tools and tool_choice select the grammar)"
+ROLES = "system, user, assistant, tool, ipython"
 
 
-@pytest.mark.parametrize(("patch", "status", "words"), [
-    ({"max_tokens": -5}, 400, ["max_tokens"]),
-    ({"max_tokens": 10**9}, 400, ["max_tokens"]),
-    ({"max_completion_tokens": 0}, 400, ["max_tokens"]),
-    ({"temperature": 99}, 400, ["temperature"]),
-    ({"top_p": -1}, 400, ["top_p"]),
-    ({"tools": TWO_TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, 400, ["nope"]),
-    ({"tool_choice": "required"}, 400, ["needs tools"]),
-    ({"grammar": "root ::= \"x\""}, 400, ["grammar"]),
-    ({"chat_template": "{{ messages }}"}, 400, ["chat_template"]),
-    ({"response_format": {"type": "json_schema", "json_schema": {}}}, 400, ["response_format"]),
-    ({"messages": []}, 400, ["messages"]),
-    ({"messages": [{"role": "wizard", "content": "x"}]}, 400, ["role"]),
-    ({"tools": [{"type": "function", "function": {"name": ""}}]}, 400, []),
-])
-def test_bad_requests(server: Server, patch: dict, status: int, words: list[str]) -> None:
-    _error(_post(server, json.dumps({**BASE, **patch})), status, *words)
+def _max_tokens(got: str) -> str:
+    return f"max_tokens must be an integer in [1, {MAX_MAX_TOKENS}], got {got}"
+
+
+def _in_range(name: str, hi: float, got: str) -> str:
+    return f"{name} must be a number in [0.0, {hi}], got {got}"
+
+
+_STOP_LIMIT = f"stop: at most {MAX_STOP_SEQUENCES} strings of at most {MAX_STOP_CHARS} characters"
+
+# (must be refused, its exact 400 message, the near miss that must be answered 200)
+BAD_REQUESTS = [
+    pytest.param({"max_tokens": 0}, _max_tokens("0"), {"max_tokens": 1}, id="max_tokens=0"),
+    pytest.param({"max_tokens": -5}, _max_tokens("-5"), {"max_tokens": 1}, id="max_tokens<0"),
+    pytest.param({"max_tokens": MAX_MAX_TOKENS + 1, "tools": [TOOL_0], "tool_choice": NAMED_0,
+                  "parallel_tool_calls": False}, _max_tokens(str(MAX_MAX_TOKENS + 1)),
+                 {"max_tokens": MAX_MAX_TOKENS, "tools": [TOOL_0], "tool_choice": NAMED_0,
+                  "parallel_tool_calls": False}, id="max_tokens=MAX+1"),  # one no-argument call, then end of turn
+    pytest.param({"max_tokens": 10**9}, _max_tokens("1000000000"), {"max_tokens": 4}, id="max_tokens=1e9"),
+    pytest.param({"max_tokens": "4"}, _max_tokens("'4'"), {"max_tokens": 4}, id="max_tokens-str"),
+    pytest.param({"max_tokens": True}, _max_tokens("True"), {"max_tokens": 1}, id="max_tokens-bool"),
+    pytest.param({"max_completion_tokens": 0}, _max_tokens("0"), {"max_completion_tokens": 1},
+                 id="max_completion_tokens=0"),
+    pytest.param({"temperature": -0.1}, _in_range("temperature", MAX_TEMPERATURE, "-0.1"), {"temperature": 2.0},
+                 id="temperature<0"),
+    pytest.param({"temperature": MAX_TEMPERATURE + 0.5}, _in_range("temperature", MAX_TEMPERATURE,
+                                                                 repr(MAX_TEMPERATURE + 0.5)),
+                 {"temperature": MAX_TEMPERATURE}, id="temperature>MAX"),
+    pytest.param({"temperature": "0"}, _in_range("temperature", MAX_TEMPERATURE, "'0'"), {"temperature": 0},
+                 id="temperature-str"),
+    pytest.param({"temperature": 1.0, "top_p": -1}, _in_range("top_p", 1.0, "-1"), {"temperature": 1.0, "top_p": 1},
+                 id="top_p<0"),
+    pytest.param({"temperature": 1.0, "top_p": 1.01}, _in_range("top_p", 1.0, "1.01"),
+                 {"temperature": 1.0, "top_p": 1.0}, id="top_p>1"),
+    pytest.param({"temperature": 1.0, "top_p": 0}, "top_p must be greater than 0", {"temperature": 1.0, "top_p": 0.01},
+                 id="top_p=0"),
+    pytest.param({"temperature": 1.0, "top_k": -1}, "top_k must be a non-negative integer, got -1",
+                 {"temperature": 1.0, "top_k": 0}, id="top_k<0"),
+    pytest.param({"temperature": 1.0, "top_k": 1.5}, "top_k must be a non-negative integer, got 1.5",
+                 {"temperature": 1.0, "top_k": 2}, id="top_k-float"),
+    pytest.param({"temperature": 1.0, "min_p": 1.5}, _in_range("min_p", 1.0, "1.5"),
+                 {"temperature": 1.0, "min_p": 1.0}, id="min_p>1"),
+    pytest.param({"seed": "7"}, "seed must be an integer, got '7'", {"seed": 7}, id="seed-str"),
+    pytest.param({"stop": [f"<s{i}>" for i in range(MAX_STOP_SEQUENCES + 1)]}, _STOP_LIMIT,
+                 {"stop": [f"<s{i}>" for i in range(MAX_STOP_SEQUENCES)]}, id="stop-count"),
+    pytest.param({"stop": ["#" * (MAX_STOP_CHARS + 1)]}, _STOP_LIMIT, {"stop": ["#" * MAX_STOP_CHARS]},
+                 id="stop-length"),
+    pytest.param({"stop": [1]}, "stop must be a string or a list of strings", {"stop": ["1"]}, id="stop-type"),
+    pytest.param({"n": 2}, "n must be 1, got 2", {"n": 1}, id="n=2"),
+    pytest.param({"logprobs": True}, "logprobs, best_of and echo are not supported", {"logprobs": False},
+                 id="logprobs"),
+    pytest.param({"stream": "yes"}, "stream must be a boolean", {"stream": False}, id="stream-type"),
+    pytest.param({"tools": [TOOL_0], "parallel_tool_calls": "no"}, "parallel_tool_calls must be a boolean",
+                 {"tools": [TOOL_0], "parallel_tool_calls": False}, id="parallel-type"),
+    pytest.param({"tools": TWO_TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+                 "tool_choice names unknown tool 'nope'; known: get_weather, get_time",
+                 {"tools": TWO_TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_time"}}},
+                 id="tool_choice-unknown"),
+    pytest.param({"tool_choice": "required"}, "tool_choice 'required' needs tools", {"tool_choice": "none"},
+                 id="tool_choice-no-tools"),
+    pytest.param({"tools": [{"type": "function", "function": {"name": ""}}]},
+                 "tool #0 name must be a non-empty string, got ''",
+                 {"tools": [{"type": "function", "function": {"name": "a"}}]}, id="tool-name-empty"),
+    pytest.param({"grammar": 'root ::= "x"'}, f"field 'grammar' {REFUSED}", {"grammar": None}, id="grammar"),
+    pytest.param({"chat_template": "{{ messages }}"}, f"field 'chat_template' {REFUSED}", {"chat_template": None},
+                 id="chat_template"),
+    pytest.param({"response_format": {"type": "json_schema", "json_schema": {}}},
+                 "response_format is not supported (only {'type': 'text'}); use tools and tool_choice",
+                 {"response_format": {"type": "text"}}, id="response_format"),
+    pytest.param({"messages": []}, "messages must be a non-empty list",
+                 {"messages": [{"role": "user", "content": "x"}]}, id="messages-empty"),
+    pytest.param({"messages": [{"role": "wizard", "content": "x"}]}, f"message 0: role must be one of {ROLES}",
+                 {"messages": [{"role": "user", "content": "x"}]}, id="role"),
+    pytest.param({"messages": [{"role": "user", "content": 5}]}, "message 0: content must be a string",
+                 {"messages": [{"role": "user", "content": "5"}]}, id="content-type"),
+]
+
+
+@pytest.mark.parametrize(("bad", "message", "near_miss"), BAD_REQUESTS)
+def test_bad_requests(server: Server, bad: dict, message: str, near_miss: dict) -> None:
+    _error_exact(_post(server, json.dumps({**BASE, **bad})), 400, message)
+    ok = _post(server, json.dumps({**BASE, **near_miss}))
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
     _healthy(server)
 
 
 def test_nan_temperature_and_non_json(server: Server) -> None:
-    _error(_post(server, '{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'), 400,
-           "temperature")
-    _error(_post(server, b"this is not json{"), 400, "JSON")
-    _error(_post(server, b"\xff\xfe\x00garbage"), 400, "JSON")
-    _error(_post(server, b"[1, 2]"), 400, "object")
-    _error(_post(server, b"{}", "/v1/completions"), 400, "prompt")
+    _error_exact(_post(server, '{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'), 400,
+                 _in_range("temperature", MAX_TEMPERATURE, "nan"))
+    for junk in (b"this is not json{", b"\xff\xfe\x00garbage"):
+        r = _post(server, junk)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]  # the rest of the message is json's own diagnosis
+        assert err["message"].startswith("request body is not valid JSON: ") and err["code"] == "invalid_json"
+    _error_exact(_post(server, b"[1, 2]"), 400, "request body must be a JSON object")
+    _error_exact(_post(server, b"{}", "/v1/completions"), 400, "prompt must be a non-empty string")
     _healthy(server)
+
+
+# --- bodies over the limit -----------------------------------------------------------------------------------------
+BODY_HEAD = b'{"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "'
+BODY_TAIL = b'"}]}'
+STREAM_LIMIT = f"request body exceeds the limit of {MAX_BODY_BYTES} bytes"
+# the server hanging up mid-upload (reset, broken pipe, no response); a timeout is not one of these
+CLOSED_BY_SERVER = (httpx.WriteError, httpx.ReadError, httpx.RemoteProtocolError)
+
+
+def _declared_limit(n: int) -> str:
+    return f"request body is {n} bytes, the limit is {MAX_BODY_BYTES}"
+
+
+def _body_chunks(total: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """A valid chat request of exactly `total` bytes, made as it is sent (never held whole)."""
+    yield BODY_HEAD
+    left = total - len(BODY_HEAD) - len(BODY_TAIL)
+    block = b"x" * chunk
+    while left > 0:
+        yield block if left >= chunk else block[:left]
+        left -= chunk
+    yield BODY_TAIL
+
+
+def _refused_for_size(server: Server, send: Callable[[], httpx.Response], message: str) -> str:
+    """`send` gets a 413 with exactly `message` (naming the limit in bytes), or the server closes the connection;
+    either way the server answers /health afterwards and no request slot is left taken."""
+    try:
+        r = send()
+    except CLOSED_BY_SERVER:
+        outcome = "closed"
+    else:
+        assert _error_exact(r, 413, message)["code"] == "body_too_large"
+        outcome = "413"
+    _healthy(server)
+    _queue_drained(server)
+    return outcome
 
 
 def test_body_over_limit(server: Server) -> None:
-    big = json.dumps({**BASE, "messages": [{"role": "user", "content": "x" * (MAX_BODY_BYTES + 2 * 1024 * 1024)}]})
-    try:
-        r = _post(server, big)
-        _error(r, 413, str(MAX_BODY_BYTES))
-    except httpx.TransportError:  # the server may close before the client finished sending: also a refusal
-        pass
-    r = httpx.post(f"{server.url}/v1/chat/completions", json=BASE, timeout=TIMEOUT)
-    assert r.status_code == 200
-
-    def chunked() -> Iterator[bytes]:  # no Content-Length: counted while read
-        yield big.encode()
-
-    try:
-        r = httpx.post(f"{server.url}/v1/chat/completions", content=chunked(), timeout=TIMEOUT)
-        _error(r, 413, str(MAX_BODY_BYTES))
-    except httpx.TransportError:
-        pass
-    _healthy(server)
+    url = f"{server.url}/v1/chat/completions"
+    over = MAX_BODY_BYTES + 2 * 1024 * 1024
+    big = b"".join(_body_chunks(over))
+    # Content-Length given: refused from the header, before the body is read
+    _refused_for_size(server, lambda: _post(server, big), _declared_limit(over))
+    # chunked, no Content-Length: counted while read
+    _refused_for_size(server, lambda: httpx.post(url, content=iter([big]), timeout=60), STREAM_LIMIT)
+    huge = 100 * 1024 * 1024
+    _refused_for_size(server, lambda: httpx.post(url, content=_body_chunks(huge), timeout=60), STREAM_LIMIT)
+    _refused_for_size(server, lambda: httpx.post(url, content=_body_chunks(huge), timeout=60,
+                                                 headers={"content-length": str(huge)}), _declared_limit(huge))
+    # a body just under the limit is read and answered
+    r = httpx.post(url, content=_body_chunks(MAX_BODY_BYTES // 64), timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    _queue_drained(server)
 
 
 def test_prompt_over_context_and_api_key(small_server: Server) -> None:
