@@ -84,9 +84,9 @@ def _raw_decode(model: Model, prompt: list[int], n: int) -> float:
     model.reset()
     ctx = model.ctx
     for i in range(0, len(prompt), model.llm.n_batch):
-        part = prompt[i:i + model.llm.n_batch]
-        if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one((llama_cpp.llama_token * len(part))(*part),
-                                                                     len(part))) != 0:
+        part = (llama_cpp.llama_token * len(prompt[i:i + model.llm.n_batch]))(*prompt[i:i + model.llm.n_batch])
+        # `part` must outlive llama_decode: the batch only points into it
+        if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(part, len(part))) != 0:
             raise GenerationError("llama_decode failed on the prompt")
     smpl = llama_cpp.llama_sampler_init_greedy()
     tok = (llama_cpp.llama_token * 1)()
