@@ -427,8 +427,9 @@ def test_nan_temperature_and_non_json(server: Server) -> None:
 
 
 # --- bodies over the limit -----------------------------------------------------------------------------------------
-BODY_HEAD = b'{"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "'
-BODY_TAIL = b'"}]}'
+# a valid chat request padded by a field the server ignores (OpenAI's end-user id), so any size is still answerable
+BODY_HEAD = b'{"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}], "user": "'
+BODY_TAIL = b'"}'
 STREAM_LIMIT = f"request body exceeds the limit of {MAX_BODY_BYTES} bytes"
 # the server hanging up mid-upload (reset, broken pipe, no response); a timeout is not one of these
 CLOSED_BY_SERVER = (httpx.WriteError, httpx.ReadError, httpx.RemoteProtocolError)
@@ -476,8 +477,14 @@ def test_body_over_limit(server: Server) -> None:
     _refused_for_size(server, lambda: httpx.post(url, content=_body_chunks(huge), timeout=60), STREAM_LIMIT)
     _refused_for_size(server, lambda: httpx.post(url, content=_body_chunks(huge), timeout=60,
                                                  headers={"content-length": str(huge)}), _declared_limit(huge))
-    # a body just under the limit is read and answered
-    r = httpx.post(url, content=_body_chunks(MAX_BODY_BYTES // 64), timeout=TIMEOUT)
+    # one byte over, either way; exactly at the limit is read and answered
+    _refused_for_size(server, lambda: httpx.post(url, content=_body_chunks(MAX_BODY_BYTES + 1), timeout=60),
+                      STREAM_LIMIT)
+    at_limit = b"".join(_body_chunks(MAX_BODY_BYTES))
+    _refused_for_size(server, lambda: _post(server, at_limit + b" "), _declared_limit(MAX_BODY_BYTES + 1))
+    r = _post(server, at_limit)
+    assert r.status_code == 200, r.text
+    r = httpx.post(url, content=iter([at_limit]), timeout=TIMEOUT)
     assert r.status_code == 200, r.text
     _queue_drained(server)
 
