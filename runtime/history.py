@@ -69,11 +69,19 @@ def to_template_messages(messages: Sequence[dict[str, Any]], tool_role: str,
             raise InputError(f"message {n}: role must be one of {', '.join(ROLES)}")
         role, content = msg["role"], msg.get("content")
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            if not all(isinstance(t, str) for t in texts):
+                raise InputError(f"message {n}: content part text must be a string")
+            content = "".join(texts)
         if content is not None and not isinstance(content, str):
             raise InputError(f"message {n}: content must be a string")
-        if role == "assistant" and msg.get("tool_calls"):
-            ids = [tc.get("id", "") for tc in msg["tool_calls"] if isinstance(tc, dict)]
+        calls = msg.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            raise InputError(f"message {n}: tool_calls must be a list")
+        if role == "assistant" and calls:
+            ids = [tc.get("id", "") for tc in calls if isinstance(tc, dict)]
+            if not all(isinstance(i, str) for i in ids):
+                raise InputError(f"message {n}: tool call ids must be strings")
             content = (memory.lookup(ids) if memory else None) or render_calls(_tool_calls(msg))
         if role in ("tool", "ipython"):
             role = tool_role

@@ -35,8 +35,9 @@ class SamplingParams:
             raise InputError("top_p must be greater than 0")
         if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
             raise InputError(f"top_k must be a non-negative integer, got {self.top_k!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise InputError(f"seed must be an integer, got {self.seed!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                                      or not 0 <= self.seed < 2**64):
+            raise InputError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
         self._check_logit_bias()
 
     def _check_logit_bias(self) -> None:

@@ -277,9 +277,9 @@ def create_app(ta: ToolACE, api_key: str | None = None, max_queue: int = DEFAULT
                         streamed_text += delta["content"]
                     yield {"data": _chunk(cid, now, delta, finish)}
                 if ev.kind == "done" and include_usage:
-                    usage = json.loads(_chunk(cid, now, {}))
-                    usage["choices"], usage["usage"] = [], usage(ev.result.stats)
-                    yield {"data": json.dumps(usage)}
+                    last = json.loads(_chunk(cid, now, {}))
+                    last["choices"], last["usage"] = [], usage(ev.result.stats)
+                    yield {"data": json.dumps(last)}
                 if await request.is_disconnected():
                     worker.cancel()
                     return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from toolace.errors import SchemaError
 from toolace.grammars.check import check_text, to_llguidance
 from toolace.grammars.compile import compile_grammar
+from toolace.grammars.gbnf import check_llama_gbnf, left_recursive_rule
 from toolace.grammars.parser import CallParseError, StreamParser, parse_calls
 from toolace.grammars.schema import normalise_tools
 
@@ -56,6 +58,7 @@ def test_fuzz_schema_compiler(tools: Any) -> None:
     except SchemaError:
         return
     to_llguidance(compiled.gbnf)  # what compiles must load (fail closed otherwise)
+    check_llama_gbnf(compiled.gbnf)  # in both engines: never flagged as left-recursive
 
 
 TOOLS = normalise_tools([{"name": "get weather", "parameters": {"type": "object", "properties": {
@@ -97,14 +100,16 @@ def test_deeply_nested_literal_is_an_error_not_a_crash() -> None:
 
 
 # Grammars handed straight to LlamaGrammarConstraint (not from compile_grammar): (GBNF, the error it must raise).
-# llguidance takes left recursion (it is an Earley parser), so left-recursive GBNF reaches llama.cpp, whose parser
-# detects it and returns NULL; malformed GBNF is refused by the llguidance conversion before llama.cpp sees it.
-LLAMA_REJECTED = "SchemaError: llama.cpp's GBNF parser rejected the grammar"
+# Malformed GBNF is refused by the llguidance conversion before llama.cpp sees it. llguidance takes left recursion
+# (it is an Earley parser), so check_llama_gbnf refuses it before llama.cpp does: llama.cpp misses left recursion
+# through a nullable rule and then allocates until the process dies.
+LEFT_RECURSIVE = ("SchemaError: grammar is left-recursive: rule {!r} can reach itself without consuming input "
+                  "(llama.cpp's grammar engine cannot run it)")
 LLGUIDANCE_REJECTED = "SchemaError: grammar rejected by llguidance: Failed to convert the grammar from GBNF to Lark: "
 BAD_GRAMMARS: list[tuple[str, str]] = [
-    ('root ::= root "a" | "b"', LLAMA_REJECTED),  # direct left recursion
-    ('root ::= a\na ::= b "x" | "y"\nb ::= a', LLAMA_REJECTED),  # indirect left recursion
-    ('root ::= n root "a" | "b"\nn ::= "c"?', LLAMA_REJECTED),  # left recursion through a nullable rule
+    ('root ::= root "a" | "b"', LEFT_RECURSIVE.format("root")),  # direct
+    ('root ::= a\na ::= b "x" | "y"\nb ::= a', LEFT_RECURSIVE.format("a")),  # indirect
+    ('root ::= n root "a" | "b"\nn ::= "c"?', LEFT_RECURSIVE.format("root")),  # through a nullable rule
     ('root ::= "unterminated', LLGUIDANCE_REJECTED + "Unexpected end of input"),
     ("root ::= undefined-rule", LLGUIDANCE_REJECTED + "Rule 'undefined-rule' not found"),
     ("", LLGUIDANCE_REJECTED + "No 'root' rule found"),
@@ -114,8 +119,63 @@ GOOD_GRAMMARS = ['root ::= "a" root | "b"', 'root ::= a\na ::= "x" b | "y"\nb ::
                  'root ::= n root "a" | "b"\nn ::= "c"', 'root ::= "terminated"',
                  "root ::= defined-rule\ndefined-rule ::= \"x\""]
 
+# (GBNF, the rule reported as left-recursive), each followed by its near miss (None: not left-recursive).
+LEFT_RECURSION: list[tuple[str, str | None]] = [
+    ('root ::= root "a" | "b"', "root"), ('root ::= "a" root | "b"', None),
+    ('root ::= a\na ::= b "x" | "y"\nb ::= a', "a"), ('root ::= a\na ::= "x" b | "y"\nb ::= a', None),
+    ('root ::= n root "a" | "b"\nn ::= "c"?', "root"), ('root ::= n root "a" | "b"\nn ::= "c"', None),
+    ('root ::= n root\nn ::= m\nm ::= "c"*', "root"), ('root ::= n root\nn ::= m\nm ::= "c"+', None),
+    ('root ::= x{0,3} root\nx ::= "a"', "root"), ('root ::= x{1,3} root\nx ::= "a"', None),
+    ('root ::= ("a" | ) root', "root"), ('root ::= ("a" | "b") root', None),
+    ('root ::= "" root | "b"', "root"), ('root ::= "c" root | "b"', None),
+    ('root ::= ( ( root ) ) "a"', "root"), ('root ::= ( ( "a" root ) ) "a"', None),
+    ('root ::= "a"\nunused ::= unused "b"', "unused"), ('root ::= "a"\nunused ::= "b" unused', None),
+    ('root ::= ("x"? | n)* root | "b"\nn ::= "c"', "root"), ('root ::= ("x" | n)+ root | "b"\nn ::= "c"', None),
+    ('root ::= # comment\n  ( \n root \n ) "a" | "b"', "root"), ('root ::= # comment\n  "a" ( \n root \n )', None),
+    ('root ::= .? root | "a"', "root"), ('root ::= . root | "a"', None),
+    ('root ::= [\\]]? root', "root"), ('root ::= [\\]] root', None),
+]
+# Not GBNF that llama.cpp parses: refused as such (fail closed), never a RecursionError or a hang.
+NOT_LLAMA_GBNF: list[tuple[str, str]] = [
+    ('root ::= "a"\n| "b"', "expecting a rule name at character 13"),  # a continuation line at top level
+    ('root = "a"', "expecting ::= at character 5"),
+    ("root ::= a_b", "expecting newline or end at character 10"),  # llama.cpp's names have no underscore
+    ('root ::= "abc', "unexpected end of input at character 9"),
+    ('root ::= ""?', r"expecting preceding item to \*/\+/\?/\{ at character 11"),
+    ("root ::= " + "(" * 100_000 + '"a"' + ")" * 100_000, "parentheses nest deeper than 256"),
+]
+
+
+@pytest.mark.parametrize(("gbnf", "rule"), LEFT_RECURSION)
+def test_left_recursion_found_before_llama_cpp(gbnf: str, rule: str | None) -> None:
+    assert left_recursive_rule(gbnf) == rule
+    to_llguidance(gbnf)  # llguidance takes every one of them: only this check stands before llama.cpp
+    if rule is None:
+        check_llama_gbnf(gbnf)
+    else:
+        with pytest.raises(SchemaError, match="^" + re.escape(LEFT_RECURSIVE.format(rule)[len("SchemaError: "):])):
+            check_llama_gbnf(gbnf)
+
+
+@pytest.mark.parametrize(("gbnf", "message"), NOT_LLAMA_GBNF)
+def test_left_recursion_check_fails_closed(gbnf: str, message: str) -> None:
+    with pytest.raises(SchemaError, match=f"^grammar is not GBNF llama.cpp can parse: {message}"):
+        check_llama_gbnf(gbnf)
+
+
+def test_left_recursion_check_is_linear() -> None:
+    """20,000 rules chained through a nullable rule (0.5 MB): checked in well under a second, either way."""
+    n = 20_000
+    for tail, rule in (('root "x"', "root"), ('"x" root', None)):
+        chain = 'root ::= r0\nn ::= "a"?\n' + "".join(f"r{i} ::= n r{i + 1}\n" for i in range(n)) + f"r{n} ::= {tail}"
+        start = time.perf_counter()
+        assert left_recursive_rule.__wrapped__(chain) == rule
+        assert time.perf_counter() - start < 2.0
+
+
 CRASH_PROBE = """
-import json, sys
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # a runaway allocation aborts here, not the machine
 from toolace.runtime.model import Model
 from toolace.runtime.constraints import LlamaGrammarConstraint
 from toolace.errors import ToolaceError
@@ -150,7 +210,7 @@ def test_bad_grammars_and_token_ids_never_crash_llama_cpp(smollm2_gguf: Path) ->
     proc = subprocess.run([sys.executable, "-c", CRASH_PROBE, str(smollm2_gguf)], input=json.dumps(grammars),
                           text=True, capture_output=True, timeout=300,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("[")]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('["')]  # not gdb's lines
     assert proc.returncode == 0 and rows[-1] == ["done"], (proc.returncode, rows[-3:], proc.stderr[-1500:])
     (_, n_vocab), *rows = rows[:-1]
     verdicts = {row[1]: row[2] for row in rows if row[0] == "grammar"}

@@ -158,6 +158,15 @@ def test_stream_text_content(server: Server) -> None:
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
 
+def test_stream_usage_chunk(server: Server) -> None:
+    chunks = list(server.client().chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True,
+        stream_options={"include_usage": True}))
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None and last.usage.completion_tokens >= 1
+    assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
+
+
 # --- tool_choice -----------------------------------------------------------------------------------------------------
 TWO_TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city.",
@@ -368,7 +377,21 @@ BAD_REQUESTS = [
                  {"temperature": 1.0, "top_k": 2}, id="top_k-float"),
     pytest.param({"temperature": 1.0, "min_p": 1.5}, _in_range("min_p", 1.0, "1.5"),
                  {"temperature": 1.0, "min_p": 1.0}, id="min_p>1"),
-    pytest.param({"seed": "7"}, "seed must be an integer, got '7'", {"seed": 7}, id="seed-str"),
+    pytest.param({"seed": "7"}, "seed must be an integer in [0, 2**64), got '7'", {"seed": 7}, id="seed-str"),
+    pytest.param({"seed": -1}, "seed must be an integer in [0, 2**64), got -1", {"seed": 0}, id="seed<0"),
+    pytest.param({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+                 "message 0: content part text must be a string",
+                 {"messages": [{"role": "user", "content": [{"type": "text", "text": "5"}]}]}, id="content-part"),
+    pytest.param({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": 5},
+                               {"role": "user", "content": "x"}]}, "message 1: tool_calls must be a list",
+                 {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": []},
+                               {"role": "user", "content": "x"}]}, id="tool_calls-type"),
+    pytest.param({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {"id": [], "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "user", "content": "x"}]}, "message 1: tool call ids must be strings",
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "user", "content": "x"}]}, id="tool_call-id"),
     pytest.param({"stop": [f"<s{i}>" for i in range(MAX_STOP_SEQUENCES + 1)]}, _STOP_LIMIT,
                  {"stop": [f"<s{i}>" for i in range(MAX_STOP_SEQUENCES)]}, id="stop-count"),
     pytest.param({"stop": ["#" * (MAX_STOP_CHARS + 1)]}, _STOP_LIMIT, {"stop": ["#" * MAX_STOP_CHARS]},
