@@ -18,6 +18,7 @@ import numpy as np
 from toolace.errors import GenerationError, SchemaError
 
 from ..grammars.check import to_llguidance
+from ..grammars.leftrec import check_llama_gbnf
 from .model import Model
 from .sampling import Sampler
 
@@ -167,6 +168,7 @@ class LlamaGrammarConstraint(_Timed):
         super().__init__()
         self.model = model
         self.forcer = _matcher(model, gbnf)
+        check_llama_gbnf(gbnf)  # left recursion through a nullable rule makes llama.cpp allocate until it dies
         self.smpl = llama_cpp.llama_sampler_init_grammar(model.vocab, gbnf.encode("utf-8"), b"root")
         if not self.smpl:
             raise SchemaError("llama.cpp's GBNF parser rejected the grammar")

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from toolace.errors import SchemaError
 from toolace.grammars.check import check_text, to_llguidance
 from toolace.grammars.compile import compile_grammar
-from toolace.grammars.gbnf import check_llama_gbnf, left_recursive_rule
+from toolace.grammars.leftrec import check_llama_gbnf, left_recursive_rule
 from toolace.grammars.parser import CallParseError, StreamParser, parse_calls
 from toolace.grammars.schema import normalise_tools
 

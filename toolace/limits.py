@@ -11,6 +11,7 @@ MAX_REF_EXPANSION = 4  # times one $ref may be expanded inside itself (bounds re
 MAX_NAME_CHARS = 256  # characters in a tool or parameter name
 MAX_GRAMMAR_BYTES = 4 * 1024 * 1024  # bytes of generated GBNF; keeps llama.cpp's parser and llguidance bounded
 MAX_GRAMMAR_RULES = 50_000  # rules in the generated GBNF, same reason
+MAX_GBNF_GROUP_DEPTH = 256  # nested parentheses followed by the left-recursion check; deeper is refused (stack)
 MAX_STRING_REPEAT = 4096  # largest {m,n} bound expanded for minLength/maxLength; above it the bound is post-checked
 MAX_INT_RANGE_DIGITS = 19  # digits handled by the exact integer-range grammar (int64); wider ranges are post-checked
 
