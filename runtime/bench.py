@@ -21,9 +21,9 @@ from toolace.limits import DEFAULT_N_CTX
 from toolace.paths import atomic_output
 
 from ..grammars.schema import normalise_tools
-from .constraints import ENGINES, make_constraint
+from .constraints import ENGINES, make_constraint, spare_core
 from .generate import GenerationStats, generate
-from .model import Model
+from .model import Model, usable_cores
 from .refs import resolve_model
 from .sampling import SamplingParams
 
@@ -121,14 +121,15 @@ def _baseline_grammar_path(model: Model, prompt: list[int], gbnf: str, max_token
 
 
 def bench(model: str = "demo", data: str | None = None, json_out: str | None = None, plot: str | None = None,
-          runs: int = 3, max_tokens: int = 48, n_ctx: int = DEFAULT_N_CTX) -> dict[str, Any]:
+          runs: int = 3, max_tokens: int = 48, n_ctx: int = DEFAULT_N_CTX,
+          threads: int | None = None) -> dict[str, Any]:
     """Run the runtime benchmark; parameters equal `toolace bench` flags. Returns (and optionally writes) JSON."""
     from toolace.api import ToolACE
 
     data_dir = Path(data) if data else None
     path = resolve_model(model)
     t0 = time.perf_counter()
-    ta = ToolACE.load(str(path), n_ctx=n_ctx, kv_cache=False)
+    ta = ToolACE.load(str(path), n_ctx=n_ctx, kv_cache=False, n_threads=threads)
     load_s = time.perf_counter() - t0
     m = ta.model
     messages, tools = _bfcl_case(data_dir)
@@ -138,6 +139,8 @@ def bench(model: str = "demo", data: str | None = None, json_out: str | None = N
     m.lltokenizer()  # built once per model; not part of any per-call figure
 
     report: dict[str, Any] = {"model": str(path), "n_vocab": m.n_vocab, "n_gpu_layers": m.n_gpu_layers,
+                              "threads": m.n_threads, "usable_cores": usable_cores(),
+                              "mask_helper_thread": spare_core(m),
                               "load_seconds": load_s, "runs": runs, "prompt_tokens": len(prompt)}
     free = [_decode(m, prompt, None, "llguidance", max_tokens, False) for _ in range(runs)]
     report["prompt_tok_per_s"] = _spread([s.prompt_tokens / s.prefill_seconds for s in free])
@@ -232,7 +235,9 @@ def summary(report: dict[str, Any]) -> str:
     g = report["grammar_ms_per_token"]
     base = g["llama_cpp_python_default"]["grammar_cost_ms_per_token"]
     e2e, t = report["e2e_call"], report["ttft"]
-    lines = [f"model {report['model']} (vocab {report['n_vocab']}, gpu layers {report['n_gpu_layers']})"]
+    lines = [f"model {report['model']} (vocab {report['n_vocab']}, gpu layers {report['n_gpu_layers']}, "
+             f"{report['threads']} of {report['usable_cores']} cores, mask helper thread "
+             f"{'on' if report['mask_helper_thread'] else 'off'})"]
     for engine in ENGINES:
         lines.append(f"grammar cost {engine:>10}: median {g[engine]['median']:.4f} ms/token, "
                      f"p99 {g[engine]['p99']:.4f} ms/token")

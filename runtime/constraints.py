@@ -19,7 +19,7 @@ from toolace.errors import GenerationError, SchemaError
 
 from ..grammars.check import to_llguidance
 from ..grammars.leftrec import check_llama_gbnf
-from .model import Model
+from .model import Model, usable_cores
 from .sampling import Sampler
 
 ENGINES = ("llguidance", "llama")
@@ -78,6 +78,12 @@ class _Mask:
         return 0 <= token < self.penalty.size and bool(self.bits[token >> 3] >> (token & 7) & 1)
 
 
+def spare_core(model: Model) -> bool:
+    """Is a core free while the model computes (GPU offload, or fewer llama.cpp threads than usable cores)? Only
+    then does a helper thread overlap the forward pass; otherwise it takes CPU (and the GIL) from decoding."""
+    return model.n_gpu_layers != 0 or usable_cores() > model.n_threads
+
+
 def _mask_of(matcher: Any, penalty: np.ndarray) -> _Mask:
     """The matcher's current mask; `penalty` (one float32 per token) is filled in and becomes the mask's."""
     bits = np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8)
@@ -90,8 +96,9 @@ def _mask_of(matcher: Any, penalty: np.ndarray) -> _Mask:
 
 class LLGuidanceConstraint(_Timed):
     """Rejection-first over llguidance. While rejections are frequent (random weights, a model fighting the
-    grammar), the next state's mask is computed on a helper thread during the model's forward pass, so a rejection
-    costs one vector add and the re-sample instead of a mask computation on the critical path."""
+    grammar) and a core is spare, the next state's mask is computed on a helper thread during the model's forward
+    pass, so a rejection costs one vector add and the re-sample instead of a mask computation on the critical
+    path."""
 
     def __init__(self, model: Model, gbnf: str) -> None:
         super().__init__()
@@ -103,6 +110,7 @@ class LLGuidanceConstraint(_Timed):
         self._mask: _Mask | None = None  # the current state's mask, once computed
         self._next: Future[_Mask] | None = None  # the helper thread computing it; the matcher is its until then
         self._rejection_rate = 0.0
+        self._prefetch = spare_core(model)
         self.background_ms: list[float] = []  # helper-thread mask time, off the critical path
 
     def _compute_mask(self) -> _Mask:
@@ -137,7 +145,7 @@ class LLGuidanceConstraint(_Timed):
     def _advanced(self) -> None:
         """The state moved on: drop its mask, and start the next one if rejections are frequent."""
         self._mask = None
-        if self._rejection_rate >= PREFETCH_REJECTION_RATE and not self.matcher.is_stopped():
+        if self._prefetch and self._rejection_rate >= PREFETCH_REJECTION_RATE and not self.matcher.is_stopped():
             self._next = _MASK_POOL.submit(self._compute_mask)
 
     def accept(self, token: int) -> None:
@@ -145,8 +153,8 @@ class LLGuidanceConstraint(_Timed):
         self._settle()
         if not self.matcher.consume_token(token):
             raise GenerationError(f"grammar refused token {token}: {self.matcher.get_error()}")
+        self._advanced()  # starting the helper counts too: it is on the critical path
         self._close_step(time.perf_counter() - t0)
-        self._advanced()
 
     def forced_tokens(self) -> list[int]:
         self._settle()

@@ -22,10 +22,14 @@ from ..convert.gguf_check import check_gguf
 from .prompt import LLAMA3_TEMPLATE, ChatTemplate, Segment
 
 
+def usable_cores() -> int:
+    """This process's CPU affinity (taskset, container cpusets), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_threads() -> int:
-    """All usable cores on small machines; half (the physical cores, usually) on larger ones. Usable means this
-    process's CPU affinity (taskset, container cpusets), not the machine's count."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """All usable cores on small machines; half (the physical cores, usually) on larger ones."""
+    n = usable_cores()
     return n if n <= 4 else n // 2
 
 
@@ -53,6 +57,7 @@ class Model:
         self.n_gpu_layers = resolve_gpu_layers(n_gpu_layers)
         # Prompt threads too: llama-cpp-python's default (every core) thrashes a busy small machine.
         threads = n_threads or default_threads()
+        self.n_threads = threads
         try:
             self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_gpu_layers=self.n_gpu_layers,
                                        n_threads=threads, n_threads_batch=threads, n_batch=n_batch, verbose=False)

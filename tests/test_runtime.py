@@ -108,12 +108,14 @@ def test_prompt_longer_than_context(smollm2_gguf: Path) -> None:
 def test_mask_prefetch_and_engines_change_no_token(tiny_llama_gguf: Path, engine: str,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The random-weight 128k-vocabulary model is rejected almost every token, the case the helper-thread mask is
-    for. Prefetching (always vs never) changes only timing; both engines pick the same tokens, greedy or sampled."""
+    for. Prefetching (always vs never) changes only timing; both engines pick the same tokens, greedy or sampled.
+    Without a spare core there is no helper thread at all."""
     import toolace.runtime.constraints as constraints
 
     tiny = ToolACE.load(str(tiny_llama_gguf), n_ctx=2048, kv_cache=False, engine=engine)
     question = [{"role": "user", "content": "Orders of Alice?"}]
     outs = {}
+    monkeypatch.setattr(constraints, "spare_core", lambda model: True)  # as on a machine with a core to spare
     for rate in (0.0, 2.0):  # 0: prefetch from the first token on; 2: never
         monkeypatch.setattr(constraints, "PREFETCH_REJECTION_RATE", rate)
         for temperature in (0.0, 1.5):
@@ -124,6 +126,10 @@ def test_mask_prefetch_and_engines_change_no_token(tiny_llama_gguf: Path, engine
             if engine == "llguidance":
                 assert bool(r.stats.background_grammar_ms) == (rate == 0.0)
     assert outs[(0.0, 0.0)] == outs[(2.0, 0.0)] and outs[(0.0, 1.5)] == outs[(2.0, 1.5)]
+    monkeypatch.setattr(constraints, "spare_core", lambda model: False)
+    monkeypatch.setattr(constraints, "PREFETCH_REJECTION_RATE", 0.0)
+    alone = tiny.chat(question, TOOLS, "required", max_tokens=24, fast_forward=False)
+    assert alone.raw == outs[(0.0, 0.0)] and not alone.stats.background_grammar_ms
     reference = ToolACE.load(str(tiny_llama_gguf), n_ctx=2048, kv_cache=False, engine="llguidance")
     assert reference.chat(question, TOOLS, "required", max_tokens=24, fast_forward=False).raw == outs[(0.0, 0.0)]
 

@@ -203,10 +203,11 @@ def serve(model: str, n_ctx: int, n_gpu_layers: str, engine: str, host: str, por
 @click.option("--runs", type=int, default=3, show_default=True, help="Repetitions per figure.")
 @click.option("--max-tokens", type=int, default=48, show_default=True)
 @click.option("--n-ctx", type=int, default=DEFAULT_N_CTX, show_default=True)
+@click.option("--threads", type=int, default=None, help="llama.cpp threads (default: the usable cores, up to 4).")
 @click.pass_context
 @edge
 def bench(ctx: click.Context, model: str, data: str | None, json_out: str | None, plot: str | None, runs: int,
-          max_tokens: int, n_ctx: int) -> None:
+          max_tokens: int, n_ctx: int, threads: int | None) -> None:
     """Runtime benchmark: grammar cost per token per engine, e2e ratio, TTFT cold/warm/disk, speeds, RSS.
     `bench convert SRC` measures conversion instead."""
     if ctx.invoked_subcommand is not None:
@@ -215,7 +216,7 @@ def bench(ctx: click.Context, model: str, data: str | None, json_out: str | None
     from toolace.runtime.bench import summary
 
     click.echo(summary(run_bench(model=model, data=data, json_out=json_out, plot=plot, runs=runs,
-                                 max_tokens=max_tokens, n_ctx=n_ctx)))
+                                 max_tokens=max_tokens, n_ctx=n_ctx, threads=threads)))
 
 
 @bench.command("convert")
