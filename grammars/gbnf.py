@@ -19,6 +19,19 @@ PY_SIMPLE_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": 
 DQ, SQ = r'"\""', '"\'"'  # GBNF literals for the two quote characters
 
 # The fixed vocabulary of the call language. Generated rules refer to these names.
+MAX_DOUBLE_FRACTION = "7976931348623157"  # the largest finite double is 1.7976931348623157e308
+
+
+def _fraction_at_most(digits: str) -> str:
+    """GBNF for a non-empty digit string whose value as a fraction is at most 0.<digits>: at each position a smaller
+    digit then anything, or the same digit then the rest (or the end)."""
+    tail = '"0"*'
+    for pos, c in reversed(list(enumerate(digits))):
+        lower = [f"[0-{int(c) - 1}] [0-9]*"] if c != "0" else []
+        tail = " | ".join([*lower, f'"{c}" ({tail})'] + ([] if pos == 0 else ['""']))
+    return tail
+
+
 BASE_RULES: dict[str, str] = {
     "ws": f'" "{{0,{MAX_WS}}}',
     "sep": '"," ws',
@@ -31,11 +44,11 @@ BASE_RULES: dict[str, str] = {
     "int": '"0" | "-"? [1-9] [0-9]*',
     "frac": '"." [0-9]+',
     # Floats are finite doubles by construction: plain form with at most 308 integer digits, or scientific form
-    # with one leading digit and an exponent of at most 307, or 308 under a mantissa of 1.79 (the largest double is
-    # 1.797e308); negative exponents take up to three digits (an underflow to zero is still finite).
+    # with one leading digit and an exponent of at most 307, or 308 with a mantissa up to the largest double's
+    # (1.7976931348623157); negative exponents take up to three digits (an underflow to zero is still finite).
     "exp": '[eE] ("+"? ([0-9] [0-9]? | [12] [0-9] [0-9] | "30" [0-7]) | "-" [0-9] [0-9]? [0-9]?)',
-    "float": '("0" | [1-9] [0-9]{0,307}) frac | [0-9] frac? exp '
-             '| "1" ("." ([0-6] [0-9]* | "7" ([0-8] [0-9]*)?))? [eE] "+"? "308"',
+    "float": '("0" | [1-9] [0-9]{0,307}) frac | [0-9] frac? exp | "1" ("." frac-308)? [eE] "+"? "308"',
+    "frac-308": _fraction_at_most(MAX_DOUBLE_FRACTION),
     "num": 'int | "-"? float',
     "nonneg-num": '"0" | [1-9] [0-9]* | float',
     "bool": '"True" | "False"',
