@@ -142,10 +142,12 @@ def bench(model: str = "demo", data: str | None = None, json_out: str | None = N
                               "threads": m.n_threads, "usable_cores": usable_cores(),
                               "mask_helper_thread": spare_core(m),
                               "load_seconds": load_s, "runs": runs, "prompt_tokens": len(prompt)}
-    free = [_decode(m, prompt, None, "llguidance", max_tokens, False) for _ in range(runs)]
+    free, raw = [], []
+    for _ in range(runs):  # interleaved, so both loops see the same machine
+        free.append(_decode(m, prompt, None, "llguidance", max_tokens, False))
+        raw.append(_raw_decode(m, prompt, max_tokens))
     report["prompt_tok_per_s"] = _spread([s.prompt_tokens / s.prefill_seconds for s in free])
     report["decode_tok_per_s"] = {"free": _spread([s.completion_tokens / s.decode_seconds for s in free])}
-    raw = [_raw_decode(m, prompt, max_tokens) for _ in range(runs)]
     report["decode_tok_per_s"]["raw_llama_cpp"] = _spread(raw)
     report["runtime_over_raw"] = report["decode_tok_per_s"]["free"]["median"] / statistics.median(raw)
     report["grammar_ms_per_token"] = {}
