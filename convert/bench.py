@@ -32,12 +32,16 @@ COPY_CHUNK_BYTES = 8 * MB  # copy/read chunk: large enough that syscalls don't s
 # A measured step: toolace.convert.<argv[1]>.<argv[2]>(*argv[3:]) (no function: imports only), then its own figures.
 _CHILD = """
 import importlib, json, resource, sys, time
-fn = getattr(importlib.import_module("toolace.convert." + sys.argv[1]), sys.argv[2]) if sys.argv[2] else (lambda: None)
+module = importlib.import_module("toolace.convert." + sys.argv[1])
+fn = getattr(module, sys.argv[2]) if sys.argv[2] else (lambda: None)
 start = time.perf_counter()
 fn(*sys.argv[3:])
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-print(json.dumps({"seconds": seconds, "peak_rss_bytes": peak if sys.platform == "darwin" else peak * 1024}))
+try:  # Linux: this image's own high-water mark (ru_maxrss would include the parent's, inherited across exec)
+    peak = next(int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+print(json.dumps({"seconds": seconds, "peak_rss_bytes": peak}))
 """
 
 
