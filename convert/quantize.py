@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolace.errors import InputError, ModelFileError
+from toolace.errors import InputError, ModelFileError, OutputError
 from toolace.limits import MAX_GGUF_STRING_BYTES, MAX_GGUF_TENSORS, QUANTIZE_POLL_SECONDS
 from toolace.paths import atomic_output
 
@@ -212,6 +212,8 @@ def _run_llama_quantize(src: Path, dst: Path, qt: QuantType, imatrix: dict[str, 
         raise ModelFileError(f"llama.cpp quantization failed: {failure[0]}")
     if not result or result[0] != 0:
         detail = " ".join(e for e in errors if e and set(e) != {"="})[-600:] or "no error message"
+        if "iostream error" in detail:  # llama.cpp's writer failed: the output's storage, not the input
+            raise OutputError(f"cannot write the quantized file (disk full or file too large?): {detail}")
         raise ModelFileError(f"llama.cpp could not quantize {src.name} to {qt.name}: {detail}")
 
 
@@ -253,6 +255,9 @@ def quantize(infile: str | os.PathLike[str], outfile: str | os.PathLike[str], ty
         if not names & set(weights):
             raise InputError(f"{imatrix}: no imatrix entry matches a tensor of {src.name} (made for another model?)")
     with atomic_output(dst) as tmp:
-        _run_llama_quantize(src, tmp, qt, weights, overrides, allow_requantize)
+        try:
+            _run_llama_quantize(src, tmp, qt, weights, overrides, allow_requantize)
+        except OutputError as e:
+            raise OutputError(f"{dst}: {e}; nothing was written there") from None
         check_gguf(tmp)  # what llama.cpp wrote must itself pass before it is published
     return dst

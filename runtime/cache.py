@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from toolace.errors import OutputError, ToolaceError
 from toolace.fixtures import sha256_file
 from toolace.paths import atomic_output, toolace_home
 
 from .model import Model
+
+log = logging.getLogger("toolace.cache")
 
 MAX_CACHE_FILES = 64  # state files kept per cache folder; oldest (by access) removed beyond this
 MIN_PREFIX_TOKENS = 64  # shorter prefixes are cheaper to recompute than to load from disk
@@ -29,8 +33,11 @@ def model_digest(path: Path, index_dir: Path) -> str:
         known = {}
     if key not in known:
         known[key] = sha256_file(path)
-        with atomic_output(index) as tmp:
-            tmp.write_text(json.dumps(known))
+        try:
+            with atomic_output(index) as tmp:
+                tmp.write_text(json.dumps(known))
+        except OutputError as e:  # only saves re-hashing next time
+            log.warning("model hash index not written: %s", e)
     return str(known[key])
 
 
@@ -73,8 +80,12 @@ class PromptCache:
         if path.is_file():
             return
         self.model.truncate(len(prefix))
-        with atomic_output(path) as tmp:
-            self.model.save_state(tmp)
+        try:
+            with atomic_output(path) as tmp:
+                self.model.save_state(tmp)
+        except ToolaceError as e:  # the cache only saves time: a full disk must not fail the answer
+            log.warning("prompt cache not written: %s", e)
+            return
         files = sorted(self.folder.glob("*.kv"), key=lambda p: p.stat().st_atime)
         for old in files[:-MAX_CACHE_FILES]:
             old.unlink(missing_ok=True)

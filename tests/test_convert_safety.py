@@ -80,6 +80,16 @@ def test_interrupted_while_llama_cpp_quantizes(tmp_path: Path, tiny_llama_dir: P
     assert not out.exists() and _temps(tmp_path, out.name) == []
 
 
+def test_killed_while_llama_cpp_quantizes(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """SIGKILL cannot be cleaned up after: the temporary files may stay, but nothing ever appears at the output."""
+    out = tmp_path / "model.gguf"
+    proc = _start(_convert_args(tiny_llama_dir, out, "Q4_K_M"))
+    _wait_for(proc, tmp_path, out.name, 1, skip_suffix=".bf16.part")
+    proc.kill()
+    assert proc.wait(60) == -signal.SIGKILL
+    assert not out.exists() and all(p.name.startswith(f".{out.name}.") for p in tmp_path.iterdir())
+
+
 def test_cli_sigterm_cleans_up(tmp_path: Path, tiny_llama_dir: Path) -> None:
     out = tmp_path / "model.gguf"
     proc = _start(["-c", "from toolace.convert.cli import convert_cmd; convert_cmd()",

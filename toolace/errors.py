@@ -36,5 +36,9 @@ class ValidationFailure(ToolaceError):
     """Model output that parses but breaks the schema in a way the grammar could not enforce."""
 
 
+class OutputError(ToolaceError):
+    """An output could not be written (disk full, file too large, read-only); nothing partial is left behind."""
+
+
 class DownloadError(ToolaceError):
     """A download failed, was refused (path tricks, pickles) or did not match its hash."""

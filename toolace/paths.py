@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from toolace.errors import ToolaceError
+from toolace.errors import OutputError, ToolaceError
 
 HOME_ENV = "TOOLACE_HOME"
 
@@ -44,14 +45,27 @@ def atomic_output(path: str | os.PathLike[str], suffix: str = ".part") -> Iterat
     The temporary file lives in the target folder so the rename is atomic, and is removed on any failure
     (including KeyboardInterrupt), so an interrupted write leaves nothing at `path`."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    except OSError as e:
+        raise _output_error(target, e) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as e:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in WRITE_FAILURES:
+            raise _output_error(target, e) from None
         raise
+
+
+# Write failures that are about the output's storage, named as such (other OSErrors keep their own meaning).
+WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def _output_error(target: Path, e: OSError) -> OutputError:
+    return OutputError(f"{target}: cannot write: {e.strerror or e}; nothing was written there")
