@@ -84,8 +84,9 @@ def bench_convert(src: str, outtype: str = "f16", quant: str = "Q4_K_M", json_ou
         raise InputError(f"bench convert: --outtype must be one of {', '.join(FLOAT_TYPES)} (the quantize step "
                          f"takes --quant), got {outtype!r}")
     outtype = outtype.lower()
-    quant = quant_type(quant).name
-    if quant_type(quant).needs_imatrix:
+    qt = quant_type(quant)
+    quant = qt.name
+    if qt.needs_imatrix:
         raise InputError(f"bench convert: {quant} needs an importance matrix; pick a type that does not")
     root, _ = resolve_source(src)
     ckpt = open_checkpoint(root)

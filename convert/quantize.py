@@ -18,7 +18,7 @@ import numpy as np
 
 from toolace.errors import InputError, ModelFileError, OutputError
 from toolace.limits import MAX_GGUF_STRING_BYTES, MAX_GGUF_TENSORS, QUANTIZE_POLL_SECONDS
-from toolace.paths import atomic_output
+from toolace.paths import atomic_output, output_error
 
 from .gguf_check import check_gguf
 
@@ -258,6 +258,6 @@ def quantize(infile: str | os.PathLike[str], outfile: str | os.PathLike[str], ty
         try:
             _run_llama_quantize(src, tmp, qt, weights, overrides, allow_requantize)
         except OutputError as e:
-            raise OutputError(f"{dst}: {e}; nothing was written there") from None
+            raise output_error(dst, str(e)) from None
         check_gguf(tmp)  # what llama.cpp wrote must itself pass before it is published
     return dst

@@ -94,6 +94,11 @@ def _mask_of(matcher: Any, penalty: np.ndarray) -> _Mask:
     return _Mask(bits, penalty, not bits.any())
 
 
+def _sample_masked(sampler: Sampler, logits: np.ndarray, mask: _Mask, out: np.ndarray) -> int:
+    """Re-sample among the mask's tokens: logits plus its penalty, into the caller's buffer."""
+    return sampler.sample(np.add(logits[: out.size], mask.penalty, out=out))
+
+
 class LLGuidanceConstraint(_Timed):
     """Rejection-first over llguidance. While rejections are frequent (random weights, a model fighting the
     grammar) and a core is spare, the next state's mask is computed on a helper thread during the model's forward
@@ -137,7 +142,7 @@ class LLGuidanceConstraint(_Timed):
                 self.background_ms.pop()  # computed here, on the critical path: not background time
             if self._mask.dead:
                 raise GenerationError(f"grammar allows no token: {self.matcher.get_error() or 'dead end'}")
-            token = sampler.sample(np.add(logits[: self.n_vocab], self._mask.penalty, out=self._masked_buf))
+            token = _sample_masked(sampler, logits, self._mask, self._masked_buf)
         self._rejection_rate += REJECTION_RATE_WEIGHT * ((not ok) - self._rejection_rate)
         self._pending += time.perf_counter() - t0
         return token
@@ -205,7 +210,7 @@ class LlamaGrammarConstraint(_Timed):
             mask = _mask_of(self.forcer, self._penalty)
             if not mask.allows(token):
                 self.rejections += 1
-                token = sampler.sample(np.add(logits[: self.n_vocab], mask.penalty, out=self._masked_buf))
+                token = _sample_masked(sampler, logits, mask, self._masked_buf)
         token = self._check(token, logits, sampler)
         self._pending += time.perf_counter() - t0
         return token

@@ -203,7 +203,8 @@ def serve(model: str, n_ctx: int, n_gpu_layers: str, engine: str, host: str, por
 @click.option("--runs", type=int, default=3, show_default=True, help="Repetitions per figure.")
 @click.option("--max-tokens", type=int, default=48, show_default=True)
 @click.option("--n-ctx", type=int, default=DEFAULT_N_CTX, show_default=True)
-@click.option("--threads", type=int, default=None, help="llama.cpp threads (default: the usable cores, up to 4).")
+@click.option("--threads", type=int, default=None,
+              help="llama.cpp threads (default: all usable cores up to 4, else half).")
 @click.pass_context
 @edge
 def bench(ctx: click.Context, model: str, data: str | None, json_out: str | None, plot: str | None, runs: int,

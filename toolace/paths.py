@@ -38,6 +38,15 @@ def read_json_file(path: Path, limit: int, error: type[ToolaceError], what: str)
         raise error(f"{what}: JSON nests too deeply") from None
 
 
+# Write failures that are about the output's storage, named as such (other OSErrors keep their own meaning).
+WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def output_error(target: Path, reason: str) -> OutputError:
+    """The one message for an output that could not be written (atomic writes leave nothing behind)."""
+    return OutputError(f"{target}: {reason}; nothing was written there")
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike[str], suffix: str = ".part") -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block completes.
@@ -49,7 +58,7 @@ def atomic_output(path: str | os.PathLike[str], suffix: str = ".part") -> Iterat
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     except OSError as e:
-        raise _output_error(target, e) from None
+        raise output_error(target, f"cannot write: {e.strerror or e}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -59,13 +68,6 @@ def atomic_output(path: str | os.PathLike[str], suffix: str = ".part") -> Iterat
     except BaseException as e:
         tmp_path.unlink(missing_ok=True)
         if isinstance(e, OSError) and e.errno in WRITE_FAILURES:
-            raise _output_error(target, e) from None
+            raise output_error(target, f"cannot write: {e.strerror or e}") from None
         raise
 
-
-# Write failures that are about the output's storage, named as such (other OSErrors keep their own meaning).
-WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
-
-
-def _output_error(target: Path, e: OSError) -> OutputError:
-    return OutputError(f"{target}: cannot write: {e.strerror or e}; nothing was written there")
