@@ -19,7 +19,6 @@ def main() -> None:
     from toolace.convert.convert import convert
     from toolace.fixtures import LLAMA3_TOKENIZER, fetch
     from toolace.runtime.bench import bench, summary
-    from toolace.runtime.model import usable_cores
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = str(BFCL) if BFCL.is_dir() else None
@@ -27,13 +26,9 @@ def main() -> None:
         ckpt = build_tiny_llama(Path(tmp), fetch(LLAMA3_TOKENIZER))
         tiny = Path(tmp) / "tiny-llama-f16.gguf"
         convert(ckpt, tiny, "f16")
-        # The tiny model twice: llama.cpp on every core (no core spare: masks computed inline), and on one core
-        # fewer (the mask helper thread overlaps the forward pass, as on a laptop with cores to spare or a GPU).
-        runs = [("tiny_llama", str(tiny), None), ("tiny_llama_spare_core", str(tiny), max(1, usable_cores() - 1)),
-                ("smollm2", "demo", None)]
-        for name, model, threads in runs:
+        for name, model in (("tiny_llama", str(tiny)), ("smollm2", "demo")):
             report = bench(model=model, data=data, json_out=str(RESULTS / f"{name}.json"),
-                           plot=str(RESULTS / f"{name}.png"), runs=5, threads=threads)
+                           plot=str(RESULTS / f"{name}.png"), runs=5)
             print(f"== {name}\n{summary(report)}\n", flush=True)
     subprocess.run([sys.executable, str(REPO / "bench" / "convert_memory.py")], check=True)
 

@@ -21,7 +21,7 @@ from toolace.limits import DEFAULT_N_CTX
 from toolace.paths import atomic_output
 
 from ..grammars.schema import normalise_tools
-from .constraints import ENGINES, make_constraint, spare_core
+from .constraints import ENGINES, make_constraint
 from .generate import GenerationStats, generate
 from .model import Model, usable_cores
 from .refs import resolve_model
@@ -140,7 +140,6 @@ def bench(model: str = "demo", data: str | None = None, json_out: str | None = N
 
     report: dict[str, Any] = {"model": str(path), "n_vocab": m.n_vocab, "n_gpu_layers": m.n_gpu_layers,
                               "threads": m.n_threads, "usable_cores": usable_cores(),
-                              "mask_helper_thread": spare_core(m),
                               "load_seconds": load_s, "runs": runs, "prompt_tokens": len(prompt)}
     free, raw = [], []
     for _ in range(runs):  # interleaved, so both loops see the same machine
@@ -154,8 +153,6 @@ def bench(model: str = "demo", data: str | None = None, json_out: str | None = N
     for engine in ENGINES:
         stats = [_decode(m, prompt, gbnf, engine, max_tokens, False) for _ in range(runs)]
         report["grammar_ms_per_token"][engine] = _spread([x for s in stats for x in s.step_grammar_ms])
-        report.setdefault("grammar_background_ms_per_mask", {})[engine] = _spread(
-            [x for s in stats for x in s.background_grammar_ms])
         report.setdefault("rejection_rate", {})[engine] = sum(s.rejections for s in stats) / max(
             1, sum(s.completion_tokens for s in stats))
         report["decode_tok_per_s"][engine] = _spread([s.completion_tokens / s.decode_seconds for s in stats])
@@ -238,8 +235,7 @@ def summary(report: dict[str, Any]) -> str:
     base = g["llama_cpp_python_default"]["grammar_cost_ms_per_token"]
     e2e, t = report["e2e_call"], report["ttft"]
     lines = [f"model {report['model']} (vocab {report['n_vocab']}, gpu layers {report['n_gpu_layers']}, "
-             f"{report['threads']} of {report['usable_cores']} cores, mask helper thread "
-             f"{'on' if report['mask_helper_thread'] else 'off'})"]
+             f"{report['threads']} of {report['usable_cores']} cores)"]
     for engine in ENGINES:
         lines.append(f"grammar cost {engine:>10}: median {g[engine]['median']:.4f} ms/token, "
                      f"p99 {g[engine]['p99']:.4f} ms/token")

@@ -9,28 +9,25 @@ from __future__ import annotations
 
 import ctypes
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 import llama_cpp
 import numpy as np
 
 from toolace.errors import GenerationError, SchemaError
+from toolace.limits import MASK_IDS_CACHE_ENTRIES
 
 from ..grammars.check import to_llguidance
 from ..grammars.leftrec import check_llama_gbnf
-from .model import Model, usable_cores
+from .model import Model
 from .sampling import Sampler
 
 ENGINES = ("llguidance", "llama")
-# Masks are computed ahead (during the forward pass) once this share of recent tokens was rejected: with a model
-# that mostly agrees with the grammar the work would be wasted CPU taken from llama.cpp's threads.
-PREFETCH_REJECTION_RATE = 0.25
+# Once this share of recent tokens was rejected, the mask is computed without checking the sampled token first.
+# Checking costs a validate (~20 us) plus a mask on rejection; masking first costs a mask (~30-50 us at 128k, cold
+# caches) every token: it pays only when most tokens are rejected (random weights, a model fighting the grammar).
+MASK_FIRST_REJECTION_RATE = 0.6
 REJECTION_RATE_WEIGHT = 0.25  # weight of the newest token in that moving rejection rate (~the last 4-8 tokens)
-# Two helper threads: a mask is ~0.1 ms of work and one generation has at most one in flight; the second serves
-# a second model in the same process.
-_MASK_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="toolace-mask")
-DISALLOWED = np.float32(3e38)  # added negatively to masked-out logits; near float32's max, still finite
 DEFAULT_ENGINE = "llguidance"  # faster mask (see `toolace bench`); both give identical greedy output
 
 
@@ -66,110 +63,122 @@ class _Timed:
         self._pending = 0.0
 
 
-class _Mask:
-    """One grammar state's allowed tokens: the bitmask (for O(1) checks) and the logit penalty (0 or -3e38)."""
+class _Masks:
+    """The allowed tokens of a matcher's current state, in one reused buffer of llguidance's bitmask (bit t % 32 of
+    word t // 32): a check is one word read. A re-sample needs token ids, kept per distinct mask, since a model
+    fighting the grammar revisits the same states (digits, string interiors); they are the allowed ids, or the
+    refused ones when most tokens are allowed, whichever side is smaller."""
 
-    __slots__ = ("bits", "penalty", "dead")
+    def __init__(self, matcher: Any, n_vocab: int) -> None:
+        self.matcher, self.n_vocab = matcher, n_vocab
+        self.words = np.zeros((n_vocab + 31) // 32, dtype=np.int32)
+        self._ptr, self._nbytes = self.words.ctypes.data, self.words.nbytes  # fixed: looked up once, not per token
+        self._bits = memoryview(self.words).cast("B").cast("I")
+        self._ids: dict[bytes, tuple[np.ndarray, bool]] = {}  # mask bytes -> (ids, ids are the refused side)
+        self._last: tuple[bytes, tuple[np.ndarray, bool]] = (b"", (np.empty(0, dtype=np.int32), False))
 
-    def __init__(self, bits: np.ndarray, penalty: np.ndarray, dead: bool) -> None:
-        self.bits, self.penalty, self.dead = bits, penalty, dead
+    def fill(self) -> None:
+        """Compute the mask of the matcher's current state."""
+        self.matcher.unsafe_compute_mask_ptr(self._ptr, self._nbytes)
 
     def allows(self, token: int) -> bool:
-        return 0 <= token < self.penalty.size and bool(self.bits[token >> 3] >> (token & 7) & 1)
+        return 0 <= token < self.n_vocab and bool(self._bits[token >> 5] >> (token & 31) & 1)
+
+    def resolve(self) -> tuple[np.ndarray, bool]:
+        """The current mask's token ids (allowed, or refused when that side is smaller), from the cache if seen."""
+        key = self.words.tobytes()
+        if key == self._last[0]:  # the same mask as last time (digits, a string): a compare, no hashing
+            return self._last[1]
+        hit = self._ids.get(key)
+        if hit is None:
+            nz = np.flatnonzero(self.words)
+            if nz.size <= self.words.size // 2:  # few words set: the allowed side (the fewest numpy calls)
+                hit = (_bits_at(self.words, nz), False)
+            else:
+                inverse = ~self.words
+                ids = _bits_at(inverse, np.flatnonzero(inverse))
+                hit = (ids[ids < self.n_vocab], True)  # the last word's bits past the vocabulary are set here
+            if len(self._ids) >= MASK_IDS_CACHE_ENTRIES:
+                del self._ids[next(iter(self._ids))]  # oldest first
+            self._ids[key] = hit
+        self._last = (key, hit)
+        return hit
+
+    def sample(self, sampler: Sampler, logits: np.ndarray, out: np.ndarray) -> int:
+        """Re-sample among the allowed tokens; `out` (n_vocab float32) is scratch for a mostly-open mask."""
+        ids, refused = self.resolve()
+        if not refused:
+            if ids.size == 0:
+                raise GenerationError(f"grammar allows no token: {self.matcher.get_error() or 'dead end'}")
+            return sampler.sample(logits, ids)
+        np.copyto(out, logits[: self.n_vocab])
+        out[ids] = -np.inf
+        return sampler.sample(out)
 
 
-def spare_core(model: Model) -> bool:
-    """Is a core free while the model computes (GPU offload, or fewer llama.cpp threads than usable cores)? Only
-    then does a helper thread overlap the forward pass; otherwise it takes CPU (and the GIL) from decoding."""
-    return model.n_gpu_layers != 0 or usable_cores() > model.n_threads
-
-
-def _mask_of(matcher: Any, penalty: np.ndarray) -> _Mask:
-    """The matcher's current mask; `penalty` (one float32 per token) is filled in and becomes the mask's."""
-    bits = np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8)
-    allowed = np.unpackbits(bits, count=penalty.size, bitorder="little")
-    # arithmetic, not boolean indexing (~5x faster on 128k); exp(-3e38 + x) is exactly 0: never sampled
-    np.subtract(allowed, np.float32(1), out=penalty, dtype=np.float32)
-    np.multiply(penalty, DISALLOWED, out=penalty)
-    return _Mask(bits, penalty, not bits.any())
-
-
-def _sample_masked(sampler: Sampler, logits: np.ndarray, mask: _Mask, out: np.ndarray) -> int:
-    """Re-sample among the mask's tokens: logits plus its penalty, into the caller's buffer."""
-    return sampler.sample(np.add(logits[: out.size], mask.penalty, out=out))
+def _bits_at(words: np.ndarray, nz: np.ndarray) -> np.ndarray:
+    """Indices of the set bits of int32 words, ascending, given the indices `nz` of the non-zero words."""
+    rows, cols = np.nonzero(np.unpackbits(words.view(np.uint8).reshape(-1, 4)[nz], axis=1, bitorder="little"))
+    return nz[rows] * 32 + cols
 
 
 class LLGuidanceConstraint(_Timed):
-    """Rejection-first over llguidance. While rejections are frequent (random weights, a model fighting the
-    grammar) and a core is spare, the next state's mask is computed on a helper thread during the model's forward
-    pass, so a rejection costs one vector add and the re-sample instead of a mask computation on the critical
-    path."""
+    """Rejection-first over llguidance while the model mostly agrees with the grammar: check the sampled token,
+    mask only on rejection. While rejections are frequent (random weights, a model fighting the grammar) the check
+    is skipped and the mask computed at once."""
 
     def __init__(self, model: Model, gbnf: str) -> None:
         super().__init__()
         self.model = model
         self.matcher = _matcher(model, gbnf)
         self.n_vocab = model.n_vocab
-        self._penalty = np.empty(self.n_vocab, dtype=np.float32)
-        self._masked_buf = np.empty(self.n_vocab, dtype=np.float32)
-        self._mask: _Mask | None = None  # the current state's mask, once computed
-        self._next: Future[_Mask] | None = None  # the helper thread computing it; the matcher is its until then
+        self.masks = _Masks(self.matcher, self.n_vocab)
+        self._scratch = np.empty(self.n_vocab, dtype=np.float32)
+        self._filled = False  # the buffer holds the current state's mask
+        self._consumed: int | None = None  # the token `choose` already consumed while checking it
         self._rejection_rate = 0.0
-        self._prefetch = spare_core(model)
-        self.background_ms: list[float] = []  # helper-thread mask time, off the critical path
 
-    def _compute_mask(self) -> _Mask:
-        t0 = time.perf_counter()
-        mask = _mask_of(self.matcher, self._penalty)
-        self.background_ms.append((time.perf_counter() - t0) * 1000)
-        return mask
-
-    def _settle(self) -> None:
-        """Wait for the helper thread: the matcher is not safe to touch while it computes."""
-        if self._next is not None:
-            future, self._next = self._next, None
-            self._mask = future.result()
+    def _fill(self) -> None:
+        if not self._filled:
+            self.masks.fill()
+            self._filled = True
 
     def choose(self, logits: np.ndarray, sampler: Sampler) -> int:
         token = sampler.sample(logits)
         t0 = time.perf_counter()
-        self._settle()
-        ok = self._mask.allows(token) if self._mask is not None else self.matcher.validate_tokens([token]) == 1
+        if self._rejection_rate >= MASK_FIRST_REJECTION_RATE:
+            self._fill()
+        if self._filled:
+            ok = self.masks.allows(token)
+        else:  # checked by consuming it: `accept` of this same token (it always follows) then has nothing to do
+            ok = self.matcher.try_consume_tokens([token]) == 1
+            self._consumed = token if ok else None
         if not ok:
             self.rejections += 1
-            if self._mask is None:
-                self._mask = self._compute_mask()
-                self.background_ms.pop()  # computed here, on the critical path: not background time
-            if self._mask.dead:
-                raise GenerationError(f"grammar allows no token: {self.matcher.get_error() or 'dead end'}")
-            token = _sample_masked(sampler, logits, self._mask, self._masked_buf)
+            self._fill()
+            token = self.masks.sample(sampler, logits, self._scratch)
         self._rejection_rate += REJECTION_RATE_WEIGHT * ((not ok) - self._rejection_rate)
         self._pending += time.perf_counter() - t0
         return token
 
-    def _advanced(self) -> None:
-        """The state moved on: drop its mask, and start the next one if rejections are frequent."""
-        self._mask = None
-        if self._prefetch and self._rejection_rate >= PREFETCH_REJECTION_RATE and not self.matcher.is_stopped():
-            self._next = _MASK_POOL.submit(self._compute_mask)
-
     def accept(self, token: int) -> None:
         t0 = time.perf_counter()
-        self._settle()
-        if not self.matcher.consume_token(token):
+        consumed, self._consumed = self._consumed, None
+        if consumed is not None:
+            if consumed != token:
+                raise GenerationError(f"token {token} accepted after {consumed} was chosen and consumed")
+        elif not self.matcher.consume_token(token):
             raise GenerationError(f"grammar refused token {token}: {self.matcher.get_error()}")
-        self._advanced()  # starting the helper counts too: it is on the critical path
+        self._filled = False
         self._close_step(time.perf_counter() - t0)
 
     def forced_tokens(self) -> list[int]:
-        self._settle()
         return list(self.matcher.compute_ff_tokens())
 
     def accept_forced(self, tokens: list[int]) -> None:
-        self._settle()
         if not self.matcher.consume_tokens(tokens):
             raise GenerationError(f"grammar refused forced tokens: {self.matcher.get_error()}")
-        self._advanced()
+        self._filled = False
 
 
 class LlamaGrammarConstraint(_Timed):
@@ -191,8 +200,8 @@ class LlamaGrammarConstraint(_Timed):
         self._all = np.zeros(self.n_vocab, dtype=np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)],
                                                            align=True))
         self._all["id"] = np.arange(self.n_vocab, dtype=np.intc)
-        self._penalty = np.empty(self.n_vocab, dtype=np.float32)
-        self._masked_buf = np.empty(self.n_vocab, dtype=np.float32)
+        self._scratch = np.empty(self.n_vocab, dtype=np.float32)
+        self._forced_masks = _Masks(self.forcer, self.n_vocab)
         self._all_arr = llama_cpp.llama_token_data_array(
             data=self._all.ctypes.data_as(llama_cpp.llama_token_data_p), size=self.n_vocab, selected=-1, sorted=False)
 
@@ -207,10 +216,10 @@ class LlamaGrammarConstraint(_Timed):
         if self.forcer.compute_ff_bytes():
             # Text the grammar forces is tokenized canonically, as llguidance does (llama.cpp's sampler would take
             # any split of it, e.g. "_tr" + "iangle"): both engines then give the same tokens.
-            mask = _mask_of(self.forcer, self._penalty)
-            if not mask.allows(token):
+            self._forced_masks.fill()
+            if not self._forced_masks.allows(token):
                 self.rejections += 1
-                token = _sample_masked(sampler, logits, mask, self._masked_buf)
+                token = self._forced_masks.sample(sampler, logits, self._scratch)
         token = self._check(token, logits, sampler)
         self._pending += time.perf_counter() - t0
         return token

@@ -28,7 +28,6 @@ class GenerationStats:
     grammar_seconds: float = 0.0  # time in the grammar engine (checks, masks, accepts), not plain sampling
     finish_reason: str = ""
     step_grammar_ms: list[float] = field(default_factory=list, repr=False)
-    background_grammar_ms: list[float] = field(default_factory=list, repr=False)  # masks made during forward passes
 
 
 @dataclass
@@ -104,7 +103,6 @@ def generate(model: Model, prompt: Sequence[int], *, constraint: Constraint | No
     if constraint is not None:
         st.rejections = constraint.rejections
         st.step_grammar_ms = list(constraint.step_ms)
-        st.background_grammar_ms = list(getattr(constraint, "background_ms", ()))
         st.grammar_seconds = sum(constraint.step_ms) / 1000
 
 

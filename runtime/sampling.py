@@ -72,12 +72,22 @@ class Sampler:
     def greedy(self) -> bool:
         return self.params.temperature == 0.0
 
-    def sample(self, logits: np.ndarray) -> int:
+    def sample(self, logits: np.ndarray, ids: np.ndarray | None = None) -> int:
+        """A token id from `logits`; given `ids` (sorted token ids), from those tokens only, the rest masked out."""
+        vals = logits if ids is None else logits.take(ids)
         if self._bias_ids.size:
-            logits = logits.copy()  # never write into llama.cpp's logits buffer
-            logits[self._bias_ids] += self._bias_values
-        if self.greedy:
-            return int(np.argmax(logits))
+            vals = vals.copy() if ids is None else vals  # never write into llama.cpp's logits buffer
+            if ids is None:
+                vals[self._bias_ids] += self._bias_values
+            else:
+                pos = np.minimum(np.searchsorted(ids, self._bias_ids), ids.size - 1)
+                hit = ids[pos] == self._bias_ids
+                vals[pos[hit]] += self._bias_values[hit]
+        i = int(np.argmax(vals)) if self.greedy else self._draw(vals)
+        return i if ids is None else int(ids[i])
+
+    def _draw(self, logits: np.ndarray) -> int:
+        """Temperature sampling with top-k, min-p and top-p over the finite logits; returns an index of `logits`."""
         p = self.params
         idx = np.flatnonzero(np.isfinite(logits))
         if idx.size == 0:

@@ -105,33 +105,28 @@ def test_prompt_longer_than_context(smollm2_gguf: Path) -> None:
 
 
 @pytest.mark.parametrize("engine", ["llguidance", "llama"])
-def test_mask_prefetch_and_engines_change_no_token(tiny_llama_gguf: Path, engine: str,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """The random-weight 128k-vocabulary model is rejected almost every token, the case the helper-thread mask is
-    for. Prefetching (always vs never) changes only timing; both engines pick the same tokens, greedy or sampled.
-    Without a spare core there is no helper thread at all."""
+def test_mask_first_and_id_cache_change_no_token(tiny_llama_gguf: Path, engine: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The random-weight 128k-vocabulary model is rejected almost every token, the case mask-first decoding and the
+    mask-id cache are for. Both change only timing: checking first or masking first, with the cache or thrashing
+    it (one entry), the same tokens come out, greedy or sampled; the engines agree greedily."""
     import toolace.runtime.constraints as constraints
 
     tiny = ToolACE.load(str(tiny_llama_gguf), n_ctx=2048, kv_cache=False, engine=engine)
     question = [{"role": "user", "content": "Orders of Alice?"}]
-    outs = {}
-    monkeypatch.setattr(constraints, "spare_core", lambda model: True)  # as on a machine with a core to spare
-    for rate in (0.0, 2.0):  # 0: prefetch from the first token on; 2: never
-        monkeypatch.setattr(constraints, "PREFETCH_REJECTION_RATE", rate)
+    outs: dict[tuple[float, int, float], str] = {}
+    for rate, entries in ((0.0, 32), (2.0, 32), (0.0, 1)):  # rate 0: mask first from the first token; 2: never
+        monkeypatch.setattr(constraints, "MASK_FIRST_REJECTION_RATE", rate)
+        monkeypatch.setattr(constraints, "MASK_IDS_CACHE_ENTRIES", entries)
         for temperature in (0.0, 1.5):
             r = tiny.chat(question, TOOLS, "required", max_tokens=24, temperature=temperature, seed=7,
                           fast_forward=temperature > 0)
-            outs[(rate, temperature)] = r.raw
+            outs[(rate, entries, temperature)] = r.raw
             assert r.stats.rejections > 0 or temperature > 0
-            if engine == "llguidance":
-                assert bool(r.stats.background_grammar_ms) == (rate == 0.0)
-    assert outs[(0.0, 0.0)] == outs[(2.0, 0.0)] and outs[(0.0, 1.5)] == outs[(2.0, 1.5)]
-    monkeypatch.setattr(constraints, "spare_core", lambda model: False)
-    monkeypatch.setattr(constraints, "PREFETCH_REJECTION_RATE", 0.0)
-    alone = tiny.chat(question, TOOLS, "required", max_tokens=24, fast_forward=False)
-    assert alone.raw == outs[(0.0, 0.0)] and not alone.stats.background_grammar_ms
+    for temperature in (0.0, 1.5):
+        assert len({raw for key, raw in outs.items() if key[2] == temperature}) == 1, outs
     reference = ToolACE.load(str(tiny_llama_gguf), n_ctx=2048, kv_cache=False, engine="llguidance")
-    assert reference.chat(question, TOOLS, "required", max_tokens=24, fast_forward=False).raw == outs[(0.0, 0.0)]
+    assert reference.chat(question, TOOLS, "required", max_tokens=24, fast_forward=False).raw == outs[(0.0, 32, 0.0)]
 
 
 LLAMA3_CONTROL = ["<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|python_tag|>", "<|eom_id|>",

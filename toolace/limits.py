@@ -35,6 +35,9 @@ MAX_TEMPERATURE = 5.0  # above this sampling is noise
 MAX_LOGIT_BIAS_ENTRIES = 1024  # tokens biased per request; each costs an indexed add per sampled token
 MAX_LOGIT_BIAS = 100.0  # |bias| per token, OpenAI's range: ±100 already bans or forces a token
 MAX_FAST_FORWARD_TOKENS = 64  # forced tokens appended in one batch
+MASK_IDS_CACHE_ENTRIES = 32  # grammar masks per generation whose token ids are kept (a model fighting the grammar
+# revisits a few states: digits, string interiors); usually the smaller side of a mask, at most the whole vocabulary
+# as int64 (1 MB at 128k), so <= 32 MB
 
 # --- files ---------------------------------------------------------------------------------------------------------
 MAX_GGUF_KV = 1_000_000  # metadata entries in one GGUF; llama.cpp's own files have < 100
