@@ -76,10 +76,10 @@ class Sampler:
         """A token id from `logits`; given `ids` (sorted token ids), from those tokens only, the rest masked out."""
         vals = logits if ids is None else logits.take(ids)
         if self._bias_ids.size:
-            vals = vals.copy() if ids is None else vals  # never write into llama.cpp's logits buffer
             if ids is None:
+                vals = logits.copy()  # never write into llama.cpp's logits buffer
                 vals[self._bias_ids] += self._bias_values
-            else:
+            else:  # `take` copied: add the biases of the ids present
                 pos = np.minimum(np.searchsorted(ids, self._bias_ids), ids.size - 1)
                 hit = ids[pos] == self._bias_ids
                 vals[pos[hit]] += self._bias_values[hit]
