@@ -67,7 +67,7 @@ class _Masks:
     """The allowed tokens of a matcher's current state, in one reused buffer of llguidance's bitmask (bit t % 32 of
     word t // 32): a check is one word read. A re-sample needs token ids, kept per distinct mask, since a model
     fighting the grammar revisits the same states (digits, string interiors); they are the allowed ids, or the
-    refused ones when most tokens are allowed, whichever side is smaller."""
+    refused ones when the mask is mostly open."""
 
     def __init__(self, matcher: Any, n_vocab: int) -> None:
         self.matcher, self.n_vocab = matcher, n_vocab
@@ -75,7 +75,7 @@ class _Masks:
         self._ptr, self._nbytes = self.words.ctypes.data, self.words.nbytes  # fixed: looked up once, not per token
         self._bits = memoryview(self.words).cast("B").cast("I")
         self._ids: dict[bytes, tuple[np.ndarray, bool]] = {}  # mask bytes -> (ids, ids are the refused side)
-        self._last: tuple[bytes, tuple[np.ndarray, bool]] = (b"", (np.empty(0, dtype=np.int32), False))
+        self._last: tuple[bytes, tuple[np.ndarray, bool]] = (b"", (np.empty(0, dtype=np.intp), False))
 
     def fill(self) -> None:
         """Compute the mask of the matcher's current state."""
@@ -85,7 +85,7 @@ class _Masks:
         return 0 <= token < self.n_vocab and bool(self._bits[token >> 5] >> (token & 31) & 1)
 
     def resolve(self) -> tuple[np.ndarray, bool]:
-        """The current mask's token ids (allowed, or refused when that side is smaller), from the cache if seen."""
+        """The current mask's token ids (allowed, or refused when the mask is mostly open), cached per mask."""
         key = self.words.tobytes()
         if key == self._last[0]:  # the same mask as last time (digits, a string): a compare, no hashing
             return self._last[1]
@@ -117,7 +117,8 @@ class _Masks:
 
 
 def _bits_at(words: np.ndarray, nz: np.ndarray) -> np.ndarray:
-    """Indices of the set bits of int32 words, ascending, given the indices `nz` of the non-zero words."""
+    """Indices of the set bits of int32 words, ascending, given the indices `nz` of the non-zero words (byte order
+    little-endian, as on x86-64 and arm64)."""
     rows, cols = np.nonzero(np.unpackbits(words.view(np.uint8).reshape(-1, 4)[nz], axis=1, bitorder="little"))
     return nz[rows] * 32 + cols
 
