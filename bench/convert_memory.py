@@ -70,7 +70,7 @@ def build(root: Path) -> Path:
 
 
 def main() -> None:
-    from toolace.convert.bench import bench_convert, summary
+    from toolace.eval.bench_convert import bench_convert, summary
 
     report = bench_convert(str(build(WORK / "ckpt")), json_out=str(RESULTS), workdir=str(WORK))
     print(summary(report))

@@ -17,8 +17,8 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from tests.helpers.tiny_llama import build_tiny_llama
     from toolace.convert.convert import convert
+    from toolace.eval.bench import bench, summary
     from toolace.fixtures import LLAMA3_TOKENIZER, fetch
-    from toolace.runtime.bench import bench, summary
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = str(BFCL) if BFCL.is_dir() else None

@@ -207,7 +207,7 @@ def resolve_source(src: str | os.PathLike[str], revision: str | None = None) -> 
         if revision is not None:
             raise InputError("--revision applies to hub repo ids, not to a local folder")
         return local, None
-    from .pull import download
+    from .hub import download  # late: huggingface_hub is only needed for a hub repo id
 
     repo_id = str(src)
     return download(repo_id, revision=revision), repo_id

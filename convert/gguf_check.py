@@ -19,12 +19,18 @@ import gguf
 import numpy as np
 
 from toolace.errors import ModelFileError
-from toolace.limits import GGML_MAX_DIMS, GGUF_CHECK_READ_BYTES, MAX_GGUF_KV, MAX_GGUF_STRING_BYTES, MAX_GGUF_TENSORS
+from toolace.limits import (
+    GGML_MAX_DIMS,
+    GGUF_CHECK_READ_BYTES,
+    MAX_GGUF_KV,
+    MAX_GGUF_STRING_BYTES,
+    MAX_GGUF_TENSORS,
+    MAX_KEPT_ARRAY,
+)
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 GGML_MAX_NAME = 64  # bytes in a tensor name including the terminating NUL (ggml.h)
-MAX_KEPT_ARRAY = 1024  # array values kept in the returned header; longer arrays are checked, only counted
 INT64_MAX = 2**63 - 1
 
 # GGUF value types: struct format of fixed-size ones, minimal encoded size of each (strings: the 8-byte length).
@@ -69,6 +75,7 @@ class GGUFHeader:
     data_start: int
     kv: dict[str, Any] = field(default_factory=dict)
     tensors: list[GGUFTensor] = field(default_factory=list)
+    parsed_bytes: int = 0  # how far the check read: the header only, whatever the file size
 
 
 class _Cursor:
@@ -217,6 +224,7 @@ def _parse(buf: Any, size: int, p: Path) -> GGUFHeader:
     names: set[str] = set()
     for i in range(n_tensors):
         header.tensors.append(_tensor_info(cur, header.alignment, names, i))
+    header.parsed_bytes = cur.pos
     header.data_start = -(-cur.pos // header.alignment) * header.alignment
     data_len = size - header.data_start
     for t in header.tensors:

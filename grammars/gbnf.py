@@ -11,14 +11,11 @@ from typing import Any
 from toolace.errors import SchemaError
 from toolace.limits import MAX_GRAMMAR_BYTES, MAX_GRAMMAR_RULES, MAX_WS
 
-# Characters a quoted string may hold raw, per quote: no quote, no backslash, no control character (so no raw
-# newline); anything else needs an escape.
-RAW_EXCLUDED = "\\\x00-\x1f\x7f"
+# Escapes used when rendering a constant as a Python literal (a quoted string holds no raw control character).
 PY_SIMPLE_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
 
 DQ, SQ = r'"\""', '"\'"'  # GBNF literals for the two quote characters
 
-# The fixed vocabulary of the call language. Generated rules refer to these names.
 MAX_DOUBLE_FRACTION = "7976931348623157"  # the largest finite double is 1.7976931348623157e308
 
 
@@ -32,6 +29,7 @@ def _fraction_at_most(digits: str) -> str:
     return tail
 
 
+# The fixed vocabulary of the call language. Generated rules refer to these names.
 BASE_RULES: dict[str, str] = {
     "ws": f'" "{{0,{MAX_WS}}}',
     "sep": '"," ws',
@@ -154,7 +152,10 @@ _RULE_NAME = re.compile(r"[^a-zA-Z0-9-]+")
 
 
 class Grammar:
-    """An ordered GBNF rule table. `add` dedupes by body so shared value types cost one rule."""
+    """An ordered GBNF rule table. `add` dedupes by body so shared value types cost one rule. `base`: the fixed
+    rules generated ones refer to (a subclass swaps them, e.g. JSON syntax in grammars/json_schema.py)."""
+
+    base: dict[str, str] = BASE_RULES
 
     def __init__(self) -> None:
         self.rules: dict[str, str] = {}
@@ -167,7 +168,7 @@ class Grammar:
         if base[0].isdigit():
             base = "r-" + base
         name, n = base, 1
-        while name in self.rules or name in BASE_RULES:
+        while name in self.rules or name in self.base:
             n += 1
             name = f"{base}-{n}"
         self.rules[name] = ""
@@ -185,8 +186,8 @@ class Grammar:
 
     def add(self, hint: str, body: str) -> str:
         """Return the name of a rule with this body, creating it if needed."""
-        if body in BASE_RULES.values():
-            return next(k for k, v in BASE_RULES.items() if v == body)
+        if body in self.base.values():
+            return next(k for k, v in self.base.items() if v == body)
         if body in self._by_body:
             return self._by_body[body]
         name = self.define(self.reserve(hint), body)
@@ -198,5 +199,5 @@ class Grammar:
         base rules are harmless and keep the artefact stable)."""
         lines = [f"root ::= {root_body}"]
         lines += [f"{k} ::= {v}" for k, v in self.rules.items()]
-        lines += [f"{k} ::= {v}" for k, v in BASE_RULES.items()]
+        lines += [f"{k} ::= {v}" for k, v in self.base.items()]
         return "\n".join(lines) + "\n"

@@ -273,6 +273,11 @@ class StreamParser:
         self._emitted = 0
         self.error: CallParseError | None = None
 
+    def retract(self, n: int) -> None:
+        """Drop the last n characters fed (a runaway value cut back). They lie inside one open value, where no
+        event has been emitted, so the events already given stay true."""
+        self.text = self.text[: len(self.text) - n]
+
     def feed(self, chunk: str) -> list[Event]:
         self.text += chunk
         if not looks_like_calls(self.text):

@@ -13,8 +13,6 @@ from toolace.limits import MAX_STRING_REPEAT
 
 from .gbnf import class_char, gbnf_literal, py_str, repeat
 
-MAX_CHAR = 0x10FFFF
-
 
 class RegexUnsupported(ValueError):
     """The pattern uses a feature the grammar cannot express exactly."""

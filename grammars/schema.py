@@ -6,6 +6,7 @@ and a JSON Schema for the grammar compiler and the validator."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import jsonschema
 from toolace.errors import SchemaError
 from toolace.limits import MAX_ENUM_VALUES, MAX_NAME_CHARS, MAX_SCHEMA_DEPTH, MAX_TOOLS, MAX_TOOLS_FILE_BYTES
 from toolace.paths import read_json_file
+
+from .repairs import repair_defaults, repair_node
 
 # Dialect type names → JSON Schema types: BFCL's Python dialect plus the Java/JavaScript names of its other sets.
 TYPE_ALIASES: dict[str, str | None] = {
@@ -31,6 +34,10 @@ TYPE_ALIASES: dict[str, str | None] = {
     "any": None, "Any": None, "": None,
 }
 TUPLE_MARK = "x-toolace-tuple"  # set on arrays the dialect calls tuples: "(a, b)" is accepted besides "[a, b]"
+
+# Work done, by kind ("normalise_tool", "compile_grammar"): tests read it to prove a request normalises each tool and
+# compiles its grammar once.
+WORK: Counter[str] = Counter()
 
 # Keywords whose values are schemas / maps of schemas / lists of schemas (for walking).
 SUBSCHEMA_KEYS = ("items", "additionalProperties", "not", "contains", "propertyNames", "if", "then", "else")
@@ -50,6 +57,8 @@ class Tool:
     description: str
     parameters: dict[str, Any]
     original: dict[str, Any] = field(repr=False)
+    repairs: tuple[str, ...] = ()  # "TOOL /pointer: what was done" (grammars/repairs.py)
+    problem: str = ""  # why the tool has no usable schema: it is left out of the grammar with a warning
 
     @property
     def param_names(self) -> list[str]:
@@ -82,8 +91,9 @@ def _depth(schema: Any) -> int:
     return deepest
 
 
-def _normalise_schema(node: Any, pointer: str) -> Any:
-    """Map dialect types to JSON Schema; recurse into subschemas. Returns a new dict."""
+def _normalise_schema(node: Any, pointer: str, repairs: list[str] | None = None) -> Any:
+    """Map dialect types to JSON Schema; recurse into subschemas. Returns a new dict. With `repairs` (tool
+    parameters), sloppy nodes with one obvious reading are repaired and each repair recorded (grammars/repairs.py)."""
     if isinstance(node, bool):
         return node
     if not isinstance(node, dict):
@@ -93,13 +103,13 @@ def _normalise_schema(node: Any, pointer: str) -> Any:
         if key == "type":
             out.update(_normalise_type(value, node, pointer))
         elif key in SUBSCHEMA_KEYS and isinstance(value, (dict, bool)):
-            out[key] = _normalise_schema(value, f"{pointer}/{key}")
+            out[key] = _normalise_schema(value, f"{pointer}/{key}", repairs)
         elif key in SUBSCHEMA_MAP_KEYS and isinstance(value, dict):
-            out[key] = {k: _normalise_schema(v, f"{pointer}/{key}/{k}") for k, v in value.items()}
+            out[key] = {k: _normalise_schema(v, f"{pointer}/{key}/{k}", repairs) for k, v in value.items()}
         elif key in SUBSCHEMA_LIST_KEYS and isinstance(value, list):
-            out[key] = [_normalise_schema(v, f"{pointer}/{key}/{i}") for i, v in enumerate(value)]
+            out[key] = [_normalise_schema(v, f"{pointer}/{key}/{i}", repairs) for i, v in enumerate(value)]
         elif key == "items" and isinstance(value, list):  # draft-4 tuple form
-            out["prefixItems"] = [_normalise_schema(v, f"{pointer}/items/{i}") for i, v in enumerate(value)]
+            out["prefixItems"] = [_normalise_schema(v, f"{pointer}/items/{i}", repairs) for i, v in enumerate(value)]
         else:
             out[key] = value
     if "enum" in out:
@@ -107,6 +117,8 @@ def _normalise_schema(node: Any, pointer: str) -> Any:
             raise SchemaError(f"{pointer or '/'}: enum must be a non-empty list")
         if len(out["enum"]) > MAX_ENUM_VALUES:
             raise SchemaError(f"{pointer or '/'}: enum has {len(out['enum'])} values, the limit is {MAX_ENUM_VALUES}")
+    if repairs is not None:
+        repair_node(out, pointer, repairs)
     return out
 
 
@@ -139,8 +151,19 @@ def _unwrap(entry: Any, index: int) -> dict[str, Any]:
 
 
 def normalise_tool(entry: Any, index: int = 0) -> Tool:
+    """One tool entry → Tool. A bad entry or name is refused; a schema with no obvious reading gives a Tool whose
+    `problem` says why (the compiler leaves it out with a warning, docs/budget.md)."""
+    WORK["normalise_tool"] += 1
     fn = _unwrap(entry, index)
     name = check_name(fn.get("name"), f"tool #{index} name")
+    try:
+        return _normalise_function(fn, name)
+    except SchemaError as e:
+        return Tool(name=name, description="", parameters={"type": "object", "properties": {}}, original=fn,
+                    problem=str(e))
+
+
+def _normalise_function(fn: dict[str, Any], name: str) -> Tool:
     where = f"tool {name!r}"
     if _depth(fn) > MAX_SCHEMA_DEPTH * 2 + 2:
         raise SchemaError(f"{where}: schema nesting is deeper than {MAX_SCHEMA_DEPTH} levels")
@@ -154,8 +177,9 @@ def normalise_tool(entry: Any, index: int = 0) -> Tool:
         raw = {"type": "object", "properties": {}}
     if not isinstance(raw, dict):
         raise SchemaError(f"{where}: parameters must be an object")
+    repairs: list[str] = []
     try:
-        params = _normalise_schema(raw, "")
+        params = _normalise_schema(raw, "", repairs)
     except SchemaError as e:
         raise SchemaError(f"{where}: parameters{e}") from None
     if params.get("type", "object") != "object":
@@ -177,7 +201,9 @@ def normalise_tool(entry: Any, index: int = 0) -> Tool:
     except jsonschema.SchemaError as e:
         at = "/" + "/".join(str(p) for p in e.absolute_path)
         raise SchemaError(f"{where}: invalid JSON Schema at {at}: {e.message}") from None
-    return Tool(name=name, description=description, parameters=params, original=fn)
+    repair_defaults(params, repairs)
+    return Tool(name=name, description=description, parameters=params, original=fn,
+                repairs=tuple(f"{name} {r}" for r in repairs))
 
 
 def normalise_tools(entries: Any) -> list[Tool]:
@@ -206,7 +232,12 @@ def normalise_tools(entries: Any) -> list[Tool]:
     return tools
 
 
+def read_tools_file(path: str | Path) -> Any:
+    """The JSON of a tools file, size-bounded; normalised later, once, by `build_toolset`."""
+    p = Path(path)
+    return read_json_file(p, MAX_TOOLS_FILE_BYTES, SchemaError, f"tools file {str(p)!r}")
+
+
 def load_tools(path: str | Path) -> list[Tool]:
     """Read and normalise a JSON tools file."""
-    p = Path(path)
-    return normalise_tools(read_json_file(p, MAX_TOOLS_FILE_BYTES, SchemaError, f"tools file {str(p)!r}"))
+    return normalise_tools(read_tools_file(path))

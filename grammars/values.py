@@ -15,6 +15,7 @@ from toolace.errors import SchemaError
 from toolace.limits import MAX_INT_RANGE_DIGITS, MAX_STRING_REPEAT
 
 from .gbnf import DQ, SQ, Grammar, gbnf_literal, py_literal, repeat
+from .numbers import int_range
 from .regex import RegexUnsupported, regex_to_gbnf
 from .schema import TUPLE_MARK, Tool
 
@@ -54,53 +55,14 @@ class PostCheck:
         return f"{self.tool}: {self.pointer or '/'}: {self.keyword}"
 
 
-def _digits_between(a: str, b: str) -> list[str]:
-    """GBNF alternatives for the digit strings of equal length from a to b inclusive."""
-    if not a:
-        return [""]
-    rest = len(a) - 1
-    tail = f" [0-9]{{{rest}}}" if rest else ""
-    if a[0] == b[0]:
-        return [f'"{a[0]}" {s}'.rstrip() for s in _digits_between(a[1:], b[1:])]
-    if a[1:] == "0" * rest and b[1:] == "9" * rest:
-        return [f"[{a[0]}-{b[0]}]{tail}"]
-    out = [f'"{a[0]}" {s}'.rstrip() for s in _digits_between(a[1:], "9" * rest)]
-    if int(a[0]) + 1 <= int(b[0]) - 1:
-        out.append(f"[{int(a[0]) + 1}-{int(b[0]) - 1}]{tail}")
-    out += [f'"{b[0]}" {s}'.rstrip() for s in _digits_between("0" * rest, b[1:])]
-    return out
-
-
-def _nonneg_range(lo: int, hi: int | None) -> list[str]:
-    """Alternatives for the decimal integers in [lo, hi] (hi None: unbounded), no leading zeros."""
-    if hi is None:
-        width = len(str(lo))
-        return _nonneg_range(lo, 10**width - 1) + [f"[1-9] [0-9]{{{width}}} [0-9]*"]
-    out: list[str] = []
-    for width in range(len(str(lo)), len(str(hi)) + 1):
-        a = lo if width == len(str(lo)) else 10 ** (width - 1)
-        b = hi if width == len(str(hi)) else 10**width - 1
-        out += _digits_between(str(a), str(b))
-    return out
-
-
-def int_range(lo: int | None, hi: int | None) -> str:
-    """GBNF body for the integers in [lo, hi]; either bound may be None."""
-    alts: list[str] = []
-    if lo is None or lo < 0:  # negatives: magnitudes in [max(1, -hi), -lo]
-        mag_lo = 1 if hi is None or hi >= 0 else -hi
-        mag_hi = None if lo is None else -lo
-        if mag_hi is None or mag_lo <= mag_hi:
-            alts += [f'"-" {a}' if " " not in a else f'"-" ({a})' for a in _nonneg_range(mag_lo, mag_hi)]
-    if hi is None or hi >= 0:
-        start = 0 if lo is None else max(lo, 0)
-        if hi is None or start <= hi:
-            alts += _nonneg_range(start, hi)
-    return " | ".join(f"({a})" if " " in a else a for a in alts)
-
-
 class ValueCompiler:
     """Compiles the value schemas of one tool's parameters into rules of a shared Grammar."""
+
+    QUOTES: tuple[str, ...] = ("'", '"')  # with `literal`, the literal syntax (grammars/json_schema.py: JSON's)
+    literal = staticmethod(py_literal)
+
+    def _quoted(self, dq: str, sq: str) -> str:
+        return f"{DQ} {dq} {DQ} | {SQ} {sq} {SQ}" if "'" in self.QUOTES else f"{DQ} {dq} {DQ}"
 
     def __init__(self, grammar: Grammar, tool: Tool) -> None:
         self.g, self.tool, self.root = grammar, tool, tool.parameters
@@ -254,8 +216,8 @@ class ValueCompiler:
             raise SchemaError(f"tool {self.tool.name!r}: {pointer or '/'}: no enum/const value satisfies the schema")
         literals: list[str] = []
         for v in values:
-            for quote in ("'", '"'):
-                literals.append(gbnf_literal(py_literal(v, quote)))
+            for quote in self.QUOTES:
+                literals.append(gbnf_literal(self.literal(v, quote)))
         return self.g.add("enum", " | ".join(dict.fromkeys(literals)))
 
     def _typed(self, t: str, s: dict[str, Any], pointer: str) -> str:
@@ -287,7 +249,7 @@ class ValueCompiler:
                 dq, sq = regex_to_gbnf(regex, '"'), regex_to_gbnf(regex, "'")
                 if lo or hi is not None:
                     self._post(pointer, "minLength/maxLength with pattern")
-                return self.g.add("pat", f"{DQ} {dq} {DQ} | {SQ} {sq} {SQ}")
+                return self.g.add("pat", self._quoted(dq, sq))
             except RegexUnsupported as e:
                 self._post(pointer, f"pattern ({e})")
         if lo == 0 and hi is None:
@@ -296,7 +258,7 @@ class ValueCompiler:
             self._post(pointer, "minLength/maxLength")
             return "str"
         dq, sq = repeat("dq-char", lo, hi), repeat("sq-char", lo, hi)
-        return self.g.add(f"str-{lo}-{hi}", f"{DQ} {dq} {DQ} | {SQ} {sq} {SQ}")
+        return self.g.add(f"str-{lo}-{hi}", self._quoted(dq, sq))
 
     def _integer(self, s: dict[str, Any], pointer: str) -> str:
         lo = hi = None
@@ -383,7 +345,7 @@ class ValueCompiler:
             sub_ptr = f"{pointer}/properties/{key}"
             if key in required:
                 self.check_productive(sub, sub_ptr)
-            keylit = " | ".join(gbnf_literal(py_literal(key, q)) for q in ("'", '"'))
+            keylit = " | ".join(gbnf_literal(self.literal(key, q)) for q in self.QUOTES)
             entries.append((f"({keylit}) colon {self.value(sub, sub_ptr)}", key in required))
         return self.g.add("dict", f'"{{" {self.chain(entries, extra_expr)} "}}"')
 

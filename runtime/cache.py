@@ -11,15 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from toolace.errors import OutputError, ToolaceError
-from toolace.fixtures import sha256_file
-from toolace.paths import atomic_output, toolace_home
+from toolace.limits import MAX_CACHE_FILES, MIN_PREFIX_TOKENS
+from toolace.paths import atomic_output, sha256_file, toolace_home
 
 from .model import Model
 
 log = logging.getLogger("toolace.cache")
 
-MAX_CACHE_FILES = 64  # state files kept per cache folder; oldest (by access) removed beyond this
-MIN_PREFIX_TOKENS = 64  # shorter prefixes are cheaper to recompute than to load from disk
 
 
 def model_digest(path: Path, index_dir: Path) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import llama_cpp
 import numpy as np
 
-from toolace.errors import GenerationError, SchemaError
+from toolace.errors import GenerationError, InputError, SchemaError
 from toolace.limits import MASK_IDS_CACHE_ENTRIES
 
 from ..grammars.check import to_llguidance
@@ -36,6 +36,8 @@ class Constraint(Protocol):
     def accept(self, token: int) -> None: ...
     def forced_tokens(self) -> list[int]: ...
     def accept_forced(self, tokens: list[int]) -> None: ...
+    def discard(self) -> None: ...
+    def rollback(self, n: int) -> None: ...
     rejections: int
     step_ms: list[float]
 
@@ -181,6 +183,19 @@ class LLGuidanceConstraint(_Timed):
             raise GenerationError(f"grammar refused forced tokens: {self.matcher.get_error()}")
         self._filled = False
 
+    def discard(self) -> None:
+        """Forget the token `choose` returned: the budget guard emits another one instead."""
+        if self._consumed is not None:
+            self.matcher.rollback(1)
+            self._consumed = None
+        self._filled = False
+
+    def rollback(self, n: int) -> None:
+        """Undo the last n accepted tokens (a runaway value cut back)."""
+        self.discard()
+        if n and not self.matcher.rollback(n):
+            raise GenerationError(f"grammar rollback failed: {self.matcher.get_error()}")
+
 
 class LlamaGrammarConstraint(_Timed):
     """llama.cpp's sampler decides what is allowed; an llguidance matcher rides along only for forced text (the
@@ -192,9 +207,11 @@ class LlamaGrammarConstraint(_Timed):
         self.model = model
         self.forcer = _matcher(model, gbnf)
         check_llama_gbnf(gbnf)  # left recursion through a nullable rule makes llama.cpp allocate until it dies
+        self.gbnf = gbnf
         self.smpl = llama_cpp.llama_sampler_init_grammar(model.vocab, gbnf.encode("utf-8"), b"root")
         if not self.smpl:
             raise SchemaError("llama.cpp's GBNF parser rejected the grammar")
+        self.history: list[int] = []  # accepted tokens: llama.cpp's grammar sampler cannot roll back, it is rebuilt
         self.n_vocab = model.n_vocab
         self._one = (llama_cpp.llama_token_data * 1)()
         self._one_arr = llama_cpp.llama_token_data_array(data=self._one, size=1, selected=-1, sorted=False)
@@ -245,6 +262,25 @@ class LlamaGrammarConstraint(_Timed):
         llama_cpp.llama_sampler_accept(self.smpl, token)
         self._close_step(time.perf_counter() - t0)  # the forcer below serves fast-forward, not the mask
         self.forcer.consume_token(token)
+        self.history.append(token)
+
+    def discard(self) -> None:
+        """Nothing to undo: `choose` consumes nothing here."""
+
+    def rollback(self, n: int) -> None:
+        """Undo the last n accepted tokens: a fresh llama.cpp grammar sampler replays the rest."""
+        if not n:
+            return
+        keep = self.history[: len(self.history) - n]
+        smpl = llama_cpp.llama_sampler_init_grammar(self.model.vocab, self.gbnf.encode("utf-8"), b"root")
+        if not smpl:
+            raise GenerationError("llama.cpp could not rebuild the grammar sampler")
+        llama_cpp.llama_sampler_free(self.smpl)
+        self.smpl = smpl
+        for t in keep:
+            llama_cpp.llama_sampler_accept(self.smpl, t)
+        self.forcer.rollback(n)
+        self.history = keep
 
     def forced_tokens(self) -> list[int]:
         return list(self.forcer.compute_ff_tokens())
@@ -259,4 +295,4 @@ def make_constraint(engine: str, model: Model, gbnf: str) -> Constraint:
         return LLGuidanceConstraint(model, gbnf)
     if engine == "llama":
         return LlamaGrammarConstraint(model, gbnf)
-    raise SchemaError(f"unknown grammar engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    raise InputError(f"unknown grammar engine {engine!r}; choose one of {', '.join(ENGINES)}")

@@ -1,5 +1,8 @@
 """The decoding loop: prefill (with prefix reuse), then sample under an optional grammar, fast-forwarding tokens
-the grammar forces, until end of turn, max tokens or a stop string. Yields text as it is produced."""
+the grammar forces, until end of turn, max tokens or a stop string. Yields text as it is produced.
+
+With a call grammar the loop also keeps the shortest completion in reserve (runtime/budget.py, docs/budget.md), so
+a call list always closes within max_tokens, and cuts runaway values (a token cycle repeating inside one value)."""
 
 from __future__ import annotations
 
@@ -7,9 +10,10 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from toolace.errors import InputError
-from toolace.limits import MAX_FAST_FORWARD_TOKENS, MAX_MAX_TOKENS
+from toolace.errors import GenerationError, InputError
+from toolace.limits import MAX_FAST_FORWARD_TOKENS, MAX_LOOP_CUTS, MAX_MAX_TOKENS
 
+from .budget import BudgetGuard, find_loop, value_depths
 from .constraints import Constraint
 from .model import Model
 from .sampling import Sampler, SamplingParams
@@ -27,6 +31,11 @@ class GenerationStats:
     decode_seconds: float = 0.0
     grammar_seconds: float = 0.0  # time in the grammar engine (checks, masks, accepts), not plain sampling
     finish_reason: str = ""
+    truncated: bool = False  # a value was cut short (budget reserve or runaway value): finish_reason is "length"
+    planned_tokens: int = 0  # tokens the budget guard emitted instead of the model's
+    loop_cuts: int = 0  # runaway values cut back
+    rolled_back_tokens: int = 0  # decoded, then dropped by those cuts (not in completion_tokens)
+    minimum_tokens: int | None = None  # the shortest complete call list for this grammar (None: no call grammar)
     step_grammar_ms: list[float] = field(default_factory=list, repr=False)
 
 
@@ -34,6 +43,16 @@ class GenerationStats:
 class Chunk:
     text: str
     tokens: list[int]
+    retract: int = 0  # characters of earlier chunks to drop before this one (a runaway value cut back)
+
+
+@dataclass(frozen=True)
+class CallGrammar:
+    """What the budget guard needs to know about the grammar being decoded."""
+
+    gbnf: str
+    tool_names: tuple[str, ...]
+    calls_only: bool  # required / named tool_choice: the output is a call list from its first token
 
 
 def check_max_tokens(max_tokens: int) -> int:
@@ -42,61 +61,156 @@ def check_max_tokens(max_tokens: int) -> int:
     return max_tokens
 
 
+class _Decoder:
+    """State of one generation: output tokens and text, budget, the guard; each method one kind of step."""
+
+    def __init__(self, model: Model, constraint: Constraint | None, guard: BudgetGuard | None, budget: int,
+                 st: GenerationStats, stop: Sequence[str], t0: float) -> None:
+        self.model, self.constraint, self.guard, self.budget, self.st, self.stop = \
+            model, constraint, guard, budget, st, stop
+        self.detok = model.detokenizer()
+        self.out: list[int] = []  # output tokens, in order
+        self.text = ""
+        self.t0 = t0  # start of prefill, for time to first token
+
+    @property
+    def room(self) -> int:
+        return self.budget - self.st.completion_tokens
+
+    def emit(self, tokens: list[int], forced: bool) -> Chunk:
+        if self.constraint is not None:
+            if forced:
+                self.constraint.accept_forced(tokens)
+            else:
+                self.constraint.accept(tokens[0])
+        self.model.eval(tokens)
+        self.st.completion_tokens += len(tokens)
+        self.out += tokens
+        piece = "".join(self.detok.add(t) for t in tokens)
+        if not self.st.first_token_seconds:
+            self.st.first_token_seconds = time.perf_counter() - self.t0
+        self.text += piece
+        return Chunk(piece, tokens)
+
+    def guarded(self, tokens: list[int]) -> tuple[list[int] | None, bool]:
+        """The tokens to emit for this step (None: end the turn), and whether they are the guard's plan."""
+        if self.guard is None:
+            return tokens, False
+        verdict = self.guard.check(tokens, self.room - len(tokens))
+        if verdict.cut:
+            self.st.truncated = True
+            self.st.planned_tokens += len(verdict.tokens or [])
+        return verdict.tokens, verdict.cut
+
+    def hit_stop(self) -> bool:
+        return any(s and s in self.text for s in self.stop)
+
+    def runaway(self) -> tuple[int, int] | None:
+        """(tokens to roll back, characters they hold) when the output ends in a runaway value, else None."""
+        if self.guard is None or not self.guard.active or self.st.loop_cuts >= MAX_LOOP_CUTS:
+            return None
+        found = find_loop(self.out)
+        if found is None:
+            return None
+        period, repeats = found
+        drop = period * (repeats - 1)
+        keep_tokens = self.out[: len(self.out) - drop - period]  # up to the first copy of the cycle
+        start = len(self._decode(keep_tokens))
+        if min(value_depths(self.text)[start:], default=0) < 1:
+            return None  # the repeats cross an argument boundary: not one value (the budget still bounds it)
+        kept = self._decode(self.out[: len(self.out) - drop])
+        return drop, len(self.text) - len(kept)
+
+    def _decode(self, tokens: list[int]) -> str:
+        d = self.model.detokenizer()
+        return "".join(d.add(t) for t in tokens)
+
+    def cut_back(self, drop: int, chars: int) -> Chunk:
+        """Roll the last `drop` tokens back everywhere (KV, grammar, guard, text) and close the value there."""
+        dropped = self.out[len(self.out) - drop:]
+        del self.out[len(self.out) - drop:]
+        self.model.truncate(len(self.model.tokens) - drop)
+        if self.constraint is not None:
+            self.constraint.rollback(drop)
+        assert self.guard is not None
+        self.guard.rollback(dropped)
+        self.st.completion_tokens -= drop
+        self.st.rolled_back_tokens += drop
+        self.st.loop_cuts += 1
+        self.st.truncated = True
+        self.text = self.text[: len(self.text) - chars]
+        self.detok = self.model.detokenizer()
+        for t in self.out:  # the decoder's state (a UTF-8 sequence split across tokens) as of the kept tokens
+            self.detok.add(t)
+        close = self.guard.close_value()
+        if close is None:
+            return Chunk("", [], retract=chars)
+        self.st.planned_tokens += 1
+        chunk = self.emit(close, forced=False)
+        return Chunk(chunk.text, chunk.tokens, retract=chars)
+
+
 def generate(model: Model, prompt: Sequence[int], *, constraint: Constraint | None, sampling: SamplingParams,
              max_tokens: int, stop: Sequence[str] = (), fast_forward: bool = True,
-             stats: GenerationStats | None = None) -> Iterator[Chunk]:
-    """Yield chunks of generated text; `stats` (if given) is filled in, finish_reason last."""
+             stats: GenerationStats | None = None, call_grammar: CallGrammar | None = None) -> Iterator[Chunk]:
+    """Yield chunks of generated text; `stats` (if given) is filled in, finish_reason last. With `call_grammar`
+    (the grammar of `constraint`), a call list always completes within the budget; a budget below the shortest
+    complete call is refused in required/named mode before anything is evaluated."""
     check_max_tokens(max_tokens)
     sampling.check_vocab(model.n_vocab)  # before any token: a bias on id >= n_vocab would index past the logits
     st = stats if stats is not None else GenerationStats()
+    budget = min(max_tokens, model.n_ctx - len(prompt))
+    guard = None
+    if call_grammar is not None and constraint is not None:
+        guard = BudgetGuard(model, call_grammar.gbnf, call_grammar.tool_names, call_grammar.calls_only, max_tokens,
+                            model.n_ctx - len(prompt))
+        st.minimum_tokens = guard.minimum
     t0 = time.perf_counter()
     st.prompt_tokens = len(prompt)
     st.reused_tokens = model.prefill(prompt)
     st.prefill_seconds = time.perf_counter() - t0
-    budget = min(max_tokens, model.n_ctx - len(prompt))
-    sampler = Sampler(sampling)
-    detok = model.detokenizer()
-    text_so_far = ""
+    dec = _Decoder(model, constraint, guard, budget, st, stop, t0)
+    sampler = Sampler(sampling, history=dec.out)  # the penalties count the tokens generated so far
     st.finish_reason = "length"
     t_decode = time.perf_counter()
-    while st.completion_tokens < budget:
+    while dec.room > 0:
+        forced: list[int] = []
         if constraint is not None and fast_forward:
-            forced = [t for t in constraint.forced_tokens() if t not in model.eog_ids]
-            forced = forced[: min(MAX_FAST_FORWARD_TOKENS, budget - st.completion_tokens)]
-            if forced:
-                constraint.accept_forced(forced)
-                model.eval(forced)
-                st.forced_tokens += len(forced)
-                st.completion_tokens += len(forced)
-                piece = "".join(detok.add(t) for t in forced)
-                if not st.first_token_seconds:
-                    st.first_token_seconds = time.perf_counter() - t0
-                text_so_far += piece
-                yield Chunk(piece, forced)
-                if _hit_stop(text_so_far, stop):
-                    st.finish_reason = "stop"
-                    break
-                continue
-        logits = model.logits()
-        token = sampler.sample(logits) if constraint is None else constraint.choose(logits, sampler)
-        if not st.first_token_seconds:
-            st.first_token_seconds = time.perf_counter() - t0
-        if token in model.eog_ids:
-            if constraint is not None:
-                constraint.accept(token)
+            forced = [t for t in constraint.forced_tokens() if t not in model.eog_ids][: min(MAX_FAST_FORWARD_TOKENS,
+                                                                                            dec.room)]
+        if forced:
+            tokens, planned = dec.guarded(forced)
+        else:
+            token = sampler.sample(model.logits()) if constraint is None else constraint.choose(model.logits(),
+                                                                                               sampler)
+            if not st.first_token_seconds:
+                st.first_token_seconds = time.perf_counter() - t0
+            if token in model.eog_ids:
+                if constraint is not None:
+                    constraint.accept(token)
+                st.finish_reason = "stop"
+                break
+            tokens, planned = dec.guarded([token])
+            if planned and constraint is not None:
+                constraint.discard()  # the model's token was checked (maybe consumed) but not taken
+        if tokens is None:  # the plan ends the turn here (the grammar accepts)
+            break
+        yield dec.emit(tokens, forced=len(tokens) > 1 or (bool(forced) and not planned))
+        if not forced and not planned:
+            cut = dec.runaway()
+            if cut is not None:
+                yield dec.cut_back(*cut)
+        if dec.hit_stop():
             st.finish_reason = "stop"
             break
-        if constraint is not None:
-            constraint.accept(token)
-        st.completion_tokens += 1
-        piece = detok.add(token)
-        model.eval([token])
-        text_so_far += piece
-        yield Chunk(piece, [token])
-        if _hit_stop(text_so_far, stop):
-            st.finish_reason = "stop"
-            break
-    tail = detok.flush()
+    if guard is not None and guard.active and dec.room == 0:
+        if not guard.accepting():
+            raise GenerationError("the call list did not complete within the budget (the reserve must fit: a bug)")
+        if not st.truncated:
+            st.finish_reason = "stop"  # the call list closed on the budget's last token: only end of turn was left
+    if st.truncated:
+        st.finish_reason = "length"
+    tail = dec.detok.flush()
     if tail:
         yield Chunk(tail, [])
     st.decode_seconds = time.perf_counter() - t_decode
@@ -104,7 +218,3 @@ def generate(model: Model, prompt: Sequence[int], *, constraint: Constraint | No
         st.rejections = constraint.rejections
         st.step_grammar_ms = list(constraint.step_ms)
         st.grammar_seconds = sum(constraint.step_ms) / 1000
-
-
-def _hit_stop(text: str, stop: Sequence[str]) -> bool:
-    return any(s and s in text for s in stop)

@@ -5,22 +5,25 @@ id), else in the canonical call syntax; tool results go under the configured rol
 
 from __future__ import annotations
 
-import hashlib
 import json
+import secrets
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 from toolace.errors import InputError
+from toolace.limits import MAX_REMEMBERED_CALLS
 
 from ..grammars.gbnf import render_calls
 
-MAX_REMEMBERED_CALLS = 4096  # tool-call ids whose raw text is kept for exact re-rendering (LRU)
-ROLES = ("system", "user", "assistant", "tool", "ipython")
+ROLES = ("system", "developer", "user", "assistant", "tool", "ipython")  # developer: OpenAI's new name for system
 
 
-def call_id(raw: str, index: int) -> str:
-    return "call_" + hashlib.sha256(f"{index}:{raw}".encode()).hexdigest()[:24]
+def call_id() -> str:
+    """A fresh random tool-call id: the same call made twice (or by two clients) must get two ids, since clients
+    key results on them; CallMemory maps each id back to the raw text."""
+    return "call_" + secrets.token_hex(12)
 
 
 class CallMemory:
@@ -28,16 +31,19 @@ class CallMemory:
 
     def __init__(self) -> None:
         self._raw: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()  # the server remembers ids from its event loop while a worker decodes
 
     def remember(self, ids: Sequence[str], raw: str) -> None:
-        for i in ids:
-            self._raw[i] = raw
-            self._raw.move_to_end(i)
-        while len(self._raw) > MAX_REMEMBERED_CALLS:
-            self._raw.popitem(last=False)
+        with self._lock:
+            for i in ids:
+                self._raw[i] = raw
+                self._raw.move_to_end(i)
+            while len(self._raw) > MAX_REMEMBERED_CALLS:
+                self._raw.popitem(last=False)
 
     def lookup(self, ids: Sequence[str]) -> str | None:
-        raws = {self._raw.get(i) for i in ids}
+        with self._lock:
+            raws = {self._raw.get(i) for i in ids}
         return raws.pop() if len(raws) == 1 and None not in raws else None
 
 
@@ -68,8 +74,12 @@ def to_template_messages(messages: Sequence[dict[str, Any]], tool_role: str,
         if not isinstance(msg, dict) or msg.get("role") not in ROLES:
             raise InputError(f"message {n}: role must be one of {', '.join(ROLES)}")
         role, content = msg["role"], msg.get("content")
-        if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if isinstance(content, list):  # OpenAI content parts: text only; an image or audio part is refused, not dropped
+            kinds = [p.get("type") if isinstance(p, dict) else type(p).__name__ for p in content]
+            other = [k for k in kinds if k != "text"]
+            if other:
+                raise InputError(f"message {n}: content part type {other[0]!r} is not supported (text only)")
+            texts = [p.get("text") for p in content]
             if not all(isinstance(t, str) for t in texts):
                 raise InputError(f"message {n}: content part text must be a string")
             content = "".join(texts)
@@ -85,6 +95,8 @@ def to_template_messages(messages: Sequence[dict[str, Any]], tool_role: str,
             content = (memory.lookup(ids) if memory else None) or render_calls(_tool_calls(msg))
         if role in ("tool", "ipython"):
             role = tool_role
+        elif role == "developer":
+            role = "system"
         out.append({"role": role, "content": content or ""})
     return out
 

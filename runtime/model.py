@@ -15,11 +15,17 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from toolace.errors import GenerationError, ModelFileError
+from toolace.errors import ContextLengthError, GenerationError, InputError, ModelFileError
 from toolace.limits import DEFAULT_N_CTX, MAX_N_CTX
 
 from ..convert.gguf_check import check_gguf
 from .prompt import LLAMA3_TEMPLATE, ChatTemplate, Segment
+
+# Prompts are evaluated in chunks of this many tokens at fixed positions (0, 64, 128, ...), and only whole chunks
+# are reused from the KV cache: a token's KV then always comes from the same batch shape, so greedy output does not
+# depend on what the cache held (llama.cpp's results differ in the last bits with the batch size, and a different
+# split of the uncached suffix used to flip close greedy choices). The cost: up to 63 cached tokens re-evaluated.
+PREFILL_CHUNK = 64
 
 
 def usable_cores() -> int:
@@ -40,7 +46,7 @@ def resolve_gpu_layers(n_gpu_layers: int | str) -> int:
     try:
         return int(n_gpu_layers)
     except ValueError:
-        raise ModelFileError(f"n_gpu_layers must be 'auto' or an integer, got {n_gpu_layers!r}") from None
+        raise InputError(f"n_gpu_layers must be 'auto' or an integer, got {n_gpu_layers!r}") from None
 
 
 class Model:
@@ -52,7 +58,7 @@ class Model:
         if not self.path.is_file():
             raise ModelFileError(f"model file not found: {self.path}")
         if not 16 <= n_ctx <= MAX_N_CTX:
-            raise ModelFileError(f"n_ctx must be between 16 and {MAX_N_CTX}, got {n_ctx}")
+            raise InputError(f"n_ctx must be between 16 and {MAX_N_CTX}, got {n_ctx}")
         check_gguf(self.path)  # refuse crafted files before llama.cpp parses them (it has overflowed on some)
         self.n_gpu_layers = resolve_gpu_layers(n_gpu_layers)
         # Prompt threads too: llama-cpp-python's default (every core) thrashes a busy small machine.
@@ -72,6 +78,7 @@ class Model:
         self.eog_ids = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t))
         self.bos_id = int(llama_cpp.llama_vocab_bos(self.vocab))
         self._tokens: list[int] = []  # what the KV cache holds, in order
+        self._chunked = 0  # leading tokens of _tokens evaluated as whole PREFILL_CHUNK chunks: the reusable ones
         self._lltokenizer: Any = None
         self._pieces: dict[tuple[int, bool], bytes] = {}
 
@@ -133,9 +140,10 @@ class Model:
         return list(self._tokens)
 
     def prefill(self, tokens: Sequence[int]) -> int:
-        """Make the KV cache hold exactly `tokens`, reusing the longest common prefix; returns tokens reused."""
+        """Make the KV cache hold exactly `tokens`, reusing the longest common prefix of whole chunks (see
+        PREFILL_CHUNK); returns tokens reused."""
         if len(tokens) >= self.n_ctx:
-            raise GenerationError(f"prompt is {len(tokens)} tokens, the context holds {self.n_ctx}")
+            raise ContextLengthError(f"prompt is {len(tokens)} tokens, the context holds {self.n_ctx}")
         if not tokens:
             raise GenerationError("empty prompt")
         common = 0
@@ -143,9 +151,12 @@ class Model:
             if a != b:
                 break
             common += 1
-        common = min(common, len(tokens) - 1)  # always evaluate one token so logits are fresh
+        common = min(common, len(tokens) - 1, self._chunked)  # always evaluate one token so logits are fresh
+        common -= common % PREFILL_CHUNK
         self.truncate(common)
-        self.eval(tokens[common:])
+        for start in range(common, len(tokens), PREFILL_CHUNK):
+            self.eval(tokens[start: start + PREFILL_CHUNK])
+        self._chunked = len(tokens) - len(tokens) % PREFILL_CHUNK
         return common
 
     def truncate(self, n: int) -> None:
@@ -153,10 +164,11 @@ class Model:
         llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.ctx), -1, n, -1)
         del self._tokens[n:]
         self.llm.n_tokens = n
+        self._chunked = min(self._chunked, n - n % PREFILL_CHUNK)
 
     def eval(self, tokens: Sequence[int]) -> None:
         if len(self._tokens) + len(tokens) > self.n_ctx:
-            raise GenerationError(f"context full: {len(self._tokens)} + {len(tokens)} tokens > n_ctx {self.n_ctx}")
+            raise ContextLengthError(f"context full: {len(self._tokens)} + {len(tokens)} tokens > n_ctx {self.n_ctx}")
         bad = [t for t in tokens if not 0 <= t < self.n_vocab]
         if bad:
             raise GenerationError(f"token id {bad[0]} outside the vocabulary (0..{self.n_vocab - 1})")
@@ -189,6 +201,7 @@ class Model:
             return False
         self._tokens = list(arr[: count.value])
         self.llm.n_tokens = count.value
+        self._chunked = count.value - count.value % PREFILL_CHUNK  # saved from a chunked prefill (PromptCache)
         return True
 
 

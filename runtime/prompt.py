@@ -1,4 +1,5 @@
-"""The ToolACE prompt (DESIGN.md §1) and chat-template rendering in jinja2's immutable sandbox.
+"""The ToolACE prompt (docs/design.md, "The model and its prompt") and chat-template rendering in jinja2's
+immutable sandbox.
 
 Rendering returns segments, not one string: template text (its control markers are parsed as special tokens)
 and message content (never parsed as specials), so `<|eot_id|>` typed by a user stays plain text."""

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from toolace.errors import InputError
-from toolace.limits import MAX_LOGIT_BIAS, MAX_LOGIT_BIAS_ENTRIES, MAX_TEMPERATURE
+from toolace.errors import GenerationError, InputError
+from toolace.limits import MAX_LOGIT_BIAS, MAX_LOGIT_BIAS_ENTRIES, MAX_PENALTY, MAX_TEMPERATURE
 
 
 @dataclass(frozen=True)
@@ -20,12 +20,18 @@ class SamplingParams:
     min_p: float = 0.0
     seed: int | None = None
     logit_bias: Mapping[int, float] = field(default_factory=dict)  # token id → added to its logit
+    # OpenAI's penalties over the tokens generated so far: count * frequency_penalty + presence_penalty is
+    # subtracted from a token's logit once it has been generated
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         checks = [
             ("temperature", self.temperature, 0.0, MAX_TEMPERATURE),
             ("top_p", self.top_p, 0.0, 1.0),
             ("min_p", self.min_p, 0.0, 1.0),
+            ("frequency_penalty", self.frequency_penalty, -MAX_PENALTY, MAX_PENALTY),
+            ("presence_penalty", self.presence_penalty, -MAX_PENALTY, MAX_PENALTY),
         ]
         for name, value, lo, hi in checks:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
@@ -62,8 +68,11 @@ class SamplingParams:
 
 
 class Sampler:
-    def __init__(self, params: SamplingParams) -> None:
-        self.params = params
+    """`history`: the tokens generated so far (a list the decoder appends to), for the penalties."""
+
+    def __init__(self, params: SamplingParams, history: Sequence[int] = ()) -> None:
+        self.params, self.history = params, history
+        self._penalised = bool(params.frequency_penalty or params.presence_penalty)
         self.rng = np.random.default_rng(params.seed)
         self._bias_ids = np.fromiter(params.logit_bias.keys(), dtype=np.int64, count=len(params.logit_bias))
         self._bias_values = np.fromiter(params.logit_bias.values(), dtype=np.float32, count=len(params.logit_bias))
@@ -75,14 +84,14 @@ class Sampler:
     def sample(self, logits: np.ndarray, ids: np.ndarray | None = None) -> int:
         """A token id from `logits`; given `ids` (sorted token ids), from those tokens only, the rest masked out."""
         vals = logits if ids is None else logits.take(ids)
+        if ids is None and (self._bias_ids.size or (self._penalised and len(self.history))):
+            vals = logits.copy()  # never write into llama.cpp's logits buffer (`take` copied already)
         if self._bias_ids.size:
-            if ids is None:
-                vals = logits.copy()  # never write into llama.cpp's logits buffer
-                vals[self._bias_ids] += self._bias_values
-            else:  # `take` copied: add the biases of the ids present
-                pos = np.minimum(np.searchsorted(ids, self._bias_ids), ids.size - 1)
-                hit = ids[pos] == self._bias_ids
-                vals[pos[hit]] += self._bias_values[hit]
+            _add(vals, ids, self._bias_ids, self._bias_values)
+        if self._penalised and len(self.history):
+            seen, counts = np.unique(np.asarray(self.history, dtype=np.int64), return_counts=True)
+            p = self.params
+            _add(vals, ids, seen, -(counts * p.frequency_penalty + p.presence_penalty).astype(np.float32))
         i = int(np.argmax(vals)) if self.greedy else self._draw(vals)
         return i if ids is None else int(ids[i])
 
@@ -91,7 +100,7 @@ class Sampler:
         p = self.params
         idx = np.flatnonzero(np.isfinite(logits))
         if idx.size == 0:
-            raise InputError("no token is allowed")  # cannot happen under a valid grammar; fail loudly
+            raise GenerationError("no token is allowed")  # cannot happen under a valid grammar; fail loudly
         vals = logits[idx].astype(np.float64) / p.temperature
         if p.top_k and idx.size > p.top_k:
             keep = np.argpartition(-vals, p.top_k - 1)[: p.top_k]
@@ -108,3 +117,13 @@ class Sampler:
             keep = order[:cut]
             idx, probs = idx[keep], probs[keep] / probs[keep].sum()
         return int(idx[self.rng.choice(idx.size, p=probs)])
+
+
+def _add(vals: np.ndarray, ids: np.ndarray | None, add_ids: np.ndarray, add_values: np.ndarray) -> None:
+    """vals[token] += value for each (token, value); `ids` given: vals holds those sorted token ids only."""
+    if ids is None:
+        vals[add_ids] += add_values
+        return
+    pos = np.minimum(np.searchsorted(ids, add_ids), ids.size - 1)
+    hit = ids[pos] == add_ids
+    vals[pos[hit]] += add_values[hit]

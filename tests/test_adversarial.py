@@ -10,9 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 from toolace.api import ToolACE
-from toolace.bfcl import load_questions
+from toolace.eval.bfcl import load_questions
 from toolace.grammars.check import check_text
-from toolace.grammars.schema import normalise_tools
 
 STRESS = bool(os.environ.get("TOOLACE_STRESS"))
 SAMPLES = 10_000 if STRESS else 60
@@ -37,7 +36,7 @@ def test_random_weights_at_temperature_1_5_never_emit_an_invalid_call(tiny_llama
                     parallel_tool_calls=parallel)
         if r.finish_reason == "length":
             # Not valid, but it never left the language: every byte was a viable prefix of a sentence.
-            verdict = check_text(ta.grammar(normalise_tools(q.functions), mode, parallel).gbnf, r.raw)
+            verdict = check_text(ta.toolset(q.functions, mode, parallel).grammar.gbnf, r.raw)
             assert verdict.ok or verdict.offset == len(r.raw), f"{q.id}: {verdict.where(r.raw)}"
             counts["cut by max_tokens"] += 1
             continue

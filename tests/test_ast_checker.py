@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from toolace.bfcl import Question, ground_truth_calls, load_questions
+from toolace.eval.ast_checker import check, source_literal, standardize_string
+from toolace.eval.bfcl import Question, ground_truth_calls, load_questions
 from toolace.grammars.gbnf import render_calls
 from toolace.grammars.parser import parse_calls
 from toolace.grammars.schema import Tool, normalise_tools
-from toolace.runtime.ast_checker import check, source_literal, standardize_string
 
 # Ground truths that contradict their own schema (see test_bfcl_grammar.py): no concrete rendering fits.
 SCHEMA_QUIRKS = {"simple_python_307", "parallel_152", "parallel_multiple_21", "parallel_multiple_94"}

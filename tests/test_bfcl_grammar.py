@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from toolace.bfcl import Question, ground_truth_calls, load_questions
+from toolace.eval.bfcl import Question, ground_truth_calls, load_questions
 from toolace.grammars.check import check_text
 from toolace.grammars.compile import CompiledGrammar, compile_grammar
 from toolace.grammars.gbnf import render_calls

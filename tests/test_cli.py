@@ -100,3 +100,23 @@ def test_bench_runs_every_figure_and_writes_json_and_png(smollm2_gguf: Path, bfc
     assert report["ttft"]["warm_over_cold"] < 1 and report["peak_rss_mb"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert res.output.splitlines()[0].startswith(f"model {smollm2_gguf}")
+
+
+def test_call_normalises_each_tool_once_and_compiles_one_grammar(smollm2_gguf: Path, tmp_path: Path) -> None:
+    """One `toolace call` does the tool work once (counted by the grammars package itself, not mocked). A tool set
+    no earlier test built, so the content-hash cache cannot hide the work."""
+    import json
+
+    from toolace.grammars.schema import WORK
+
+    tools = json.loads(Path(WEATHER).read_text())
+    tools[0]["function"]["description"] += f" (unique to {tmp_path.name})"
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps(tools))
+    before = dict(WORK)
+    res = CliRunner().invoke(main, ["call", "What's the weather in Paris?", "--tools", str(path), "--model",
+                                    str(smollm2_gguf), "--tool-choice", "required", "--max-tokens", "48", "--json"])
+    assert res.exit_code == 0, res.output
+    done = {k: WORK[k] - before.get(k, 0) for k in ("normalise_tool", "compile_grammar")}
+    assert done == {"normalise_tool": len(tools), "compile_grammar": 1}
+    assert json.loads(res.output)["valid"] is True

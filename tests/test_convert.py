@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.helpers.converted import converted
-from toolace.convert.cli import convert_cmd, info_cmd
+from toolace.cli_convert import convert_cmd, info_cmd
 from toolace.convert.info import info
 from toolace.convert.llama import llama_params, rope_freqs
 from toolace.errors import InputError

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from toolace.cli_convert import pull_cmd
 from toolace.convert import store
-from toolace.convert.cli import pull_cmd
+from toolace.convert.hub import check_repo_id
 from toolace.convert.info import info
-from toolace.convert.pull import check_repo_id, default_name, pull
+from toolace.convert.pull import default_name, pull
 from toolace.errors import DownloadError, InputError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,7 +93,7 @@ def test_killed_while_llama_cpp_quantizes(tmp_path: Path, tiny_llama_dir: Path) 
 
 def test_cli_sigterm_cleans_up(tmp_path: Path, tiny_llama_dir: Path) -> None:
     out = tmp_path / "model.gguf"
-    proc = _start(["-c", "from toolace.convert.cli import convert_cmd; convert_cmd()",
+    proc = _start(["-c", "from toolace.cli_convert import convert_cmd; convert_cmd()",
                    str(tiny_llama_dir), "-o", str(out), "--outtype", "f32"])
     _wait_for(proc, tmp_path, out.name, 20 * 2**20)
     proc.send_signal(signal.SIGTERM)

@@ -56,7 +56,7 @@ def test_engines_agree_on_bfcl_sample(smollm2_gguf: Path, bfcl_dir: Path) -> Non
     """Both engines produce valid calls and agree token for token: forced text is split canonically by both.
     Each run prefills from scratch: reusing a prefix evaluates the last prompt token in a smaller batch, which
     rounds the logits differently and can flip a near tie, whatever the engine."""
-    from toolace.bfcl import load_questions
+    from toolace.eval.bfcl import load_questions
 
     ta = ToolACE.load(str(smollm2_gguf), n_ctx=4096, kv_cache=False)
     questions = list(load_questions(bfcl_dir))[::60]

@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from toolace.errors import InputError
-from toolace.runtime.evaluate import compare, eval_cmd, evaluate
+from toolace.eval.cli import eval_cmd
+from toolace.eval.evaluate import compare, evaluate
 
 CATEGORY_KEYS = {"n", "correct", "accuracy", "tool_choice", "call_outputs", "valid", "validity", "cut_by_max_tokens",
                  "latency_mean_s", "latency_median_s"}
@@ -55,7 +56,8 @@ def test_eval_command_prints_table(smollm2_gguf: Path, bfcl_dir: Path, tmp_path:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--categories", "simple_cobol"], "unknown BFCL categories simple_cobol"),
+    (["--categories", "simple_cobol"], "no BFCL_v4_simple_cobol.json in"),
+    (["--categories", "../simple_python"], "is not a BFCL category name"),
     (["--limit", "0"], "--limit must be at least 1"),
     (["--max-tokens", "-5"], "--max-tokens must be between"),
 ])
@@ -72,3 +74,30 @@ def test_compare_model_with_itself(smollm2_gguf: Path, bfcl_dir: Path) -> None:
     token = report["token"]
     assert token["transcripts"] == 1 and token["positions"] > 5
     assert abs(token["kl_mean"]) < 1e-6 and token["top1_agreement"] == 1.0
+
+
+def test_eval_any_category_file_in_the_layout(smollm2_gguf: Path, bfcl_dir: Path, tmp_path: Path) -> None:
+    """A BFCL v4 file of a category the project never shipped (live_simple) is scored from the same layout."""
+    data = tmp_path / "bfcl"
+    (data / "possible_answer").mkdir(parents=True)
+    rows = (bfcl_dir / "BFCL_v4_simple_python.json").read_text().splitlines()[:2]
+    answers = (bfcl_dir / "possible_answer" / "BFCL_v4_simple_python.json").read_text().splitlines()[:2]
+    rename = lambda line: line.replace('"simple_python_', '"live_simple_')  # noqa: E731
+    (data / "BFCL_v4_live_simple.json").write_text("\n".join(map(rename, rows)) + "\n")
+    (data / "possible_answer" / "BFCL_v4_live_simple.json").write_text("\n".join(map(rename, answers)) + "\n")
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(eval_cmd, ["--model", str(smollm2_gguf), "--data", str(data), "--categories",
+                                           "live_simple", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    cat = report["categories"]["live_simple"]
+    assert cat["n"] == 2 and cat["tool_choice"] == ["required"]
+    assert all(q["id"].startswith("live_simple_") for q in report["questions"])
+
+
+def test_eval_without_data_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOOLACE_BFCL_DIR", raising=False)
+    monkeypatch.setenv("TOOLACE_HOME", str(tmp_path))
+    result = CliRunner().invoke(eval_cmd, ["--categories", "simple_python"])
+    assert result.exit_code == InputError.exit_code
+    assert "no BFCL data folder given" in result.output and "bfcl-eval" in result.output

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -119,21 +118,12 @@ GOOD_GRAMMARS = ['root ::= "a" root | "b"', 'root ::= a\na ::= "x" b | "y"\nb ::
                  'root ::= n root "a" | "b"\nn ::= "c"', 'root ::= "terminated"',
                  "root ::= defined-rule\ndefined-rule ::= \"x\""]
 
-# (GBNF, the rule reported as left-recursive), each followed by its near miss (None: not left-recursive).
+# (GBNF, the rule reported as left-recursive), each followed by its near miss (None: not left-recursive); the table
+# is data, in tests/data/left_recursion.json, grouped by how the recursion hides.
 LEFT_RECURSION: list[tuple[str, str | None]] = [
-    ('root ::= root "a" | "b"', "root"), ('root ::= "a" root | "b"', None),
-    ('root ::= a\na ::= b "x" | "y"\nb ::= a', "a"), ('root ::= a\na ::= "x" b | "y"\nb ::= a', None),
-    ('root ::= n root "a" | "b"\nn ::= "c"?', "root"), ('root ::= n root "a" | "b"\nn ::= "c"', None),
-    ('root ::= n root\nn ::= m\nm ::= "c"*', "root"), ('root ::= n root\nn ::= m\nm ::= "c"+', None),
-    ('root ::= x{0,3} root\nx ::= "a"', "root"), ('root ::= x{1,3} root\nx ::= "a"', None),
-    ('root ::= ("a" | ) root', "root"), ('root ::= ("a" | "b") root', None),
-    ('root ::= "" root | "b"', "root"), ('root ::= "c" root | "b"', None),
-    ('root ::= ( ( root ) ) "a"', "root"), ('root ::= ( ( "a" root ) ) "a"', None),
-    ('root ::= "a"\nunused ::= unused "b"', "unused"), ('root ::= "a"\nunused ::= "b" unused', None),
-    ('root ::= ("x"? | n)* root | "b"\nn ::= "c"', "root"), ('root ::= ("x" | n)+ root | "b"\nn ::= "c"', None),
-    ('root ::= # comment\n  ( \n root \n ) "a" | "b"', "root"), ('root ::= # comment\n  "a" ( \n root \n )', None),
-    ('root ::= .? root | "a"', "root"), ('root ::= . root | "a"', None),
-    ('root ::= [\\]]? root', "root"), ('root ::= [\\]] root', None),
+    row for group in json.loads((Path(__file__).parent / "data" / "left_recursion.json").read_text())["groups"]
+    for case in group["cases"]
+    for row in ((case["gbnf"], case["left_recursive_rule"]), (case["near_miss"], None))
 ]
 # Not GBNF that llama.cpp parses: refused as such (fail closed), never a RecursionError or a hang.
 NOT_LLAMA_GBNF: list[tuple[str, str]] = [
@@ -164,13 +154,12 @@ def test_left_recursion_check_fails_closed(gbnf: str, message: str) -> None:
 
 
 def test_left_recursion_check_is_linear() -> None:
-    """20,000 rules chained through a nullable rule (0.5 MB): checked in well under a second, either way."""
+    """20,000 rules chained through a nullable rule (0.5 MB): checked either way (a recursive or quadratic check
+    would overflow the stack or take minutes; the suite's running time shows the latter, no clock is asserted)."""
     n = 20_000
     for tail, rule in (('root "x"', "root"), ('"x" root', None)):
         chain = 'root ::= r0\nn ::= "a"?\n' + "".join(f"r{i} ::= n r{i + 1}\n" for i in range(n)) + f"r{n} ::= {tail}"
-        start = time.perf_counter()
         assert left_recursive_rule.__wrapped__(chain) == rule
-        assert time.perf_counter() - start < 2.0
 
 
 CRASH_PROBE = """
@@ -266,11 +255,9 @@ def test_fuzz_gguf_precheck(data: st.DataObject) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "f.gguf"
         path.write_bytes(bytes(raw))
-        start = time.perf_counter()
         with contextlib.suppress(ModelFileError):
-            check_gguf(path)
-        elapsed = time.perf_counter() - start
-    assert elapsed < 0.1, f"pre-check took {elapsed * 1000:.0f} ms on a {len(raw)}-byte file"  # no hang, no slow path
+            header = check_gguf(path)
+            assert header.parsed_bytes <= header.data_start <= len(raw)  # never reads past its header
 
 
 def test_empty_string_array_regression(tmp_path: Path) -> None:

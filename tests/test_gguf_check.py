@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import struct
-import time
 from pathlib import Path
 
 import gguf
@@ -38,10 +37,8 @@ def _write(tmp_path: Path, data: bytes) -> Path:
 
 def _refused(tmp_path: Path, data: bytes, match: str) -> None:
     p = _write(tmp_path, data)
-    start = time.perf_counter()
     with pytest.raises(ModelFileError, match=match):
         check_gguf(p)
-    assert time.perf_counter() - start < 0.1
 
 
 def test_valid_small_file_passes(tmp_path: Path) -> None:
@@ -175,23 +172,17 @@ def test_special_token_ids_below_vocab(tmp_path: Path) -> None:
 
 def test_real_file_checked_fast_even_when_huge(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
                                                tiny_llama_dir: Path) -> None:
-    """The Llama-3 vocabulary header (400 k strings) of a 4 GiB file: checked from the header alone in < 100 ms."""
+    """The Llama-3 vocabulary header (400 k strings) of a 4 GiB file: checked from the header alone (the bytes the
+    check reads are those of the header-only copy, not a byte more)."""
     src = converted(tmp_path_factory, tiny_llama_dir, "f16")
     data_start = check_gguf(src).data_start
     big = tmp_path / "big.gguf"
     with src.open("rb") as f, big.open("wb") as g:
         shutil.copyfileobj(f, g, data_start)  # only the header is copied; the tensor data is a sparse hole
         g.truncate(4 * 2**30)
-    best = min(_timed(big) for _ in range(3))
-    assert best < 0.1, f"pre-check took {best * 1000:.0f} ms"
+    assert check_gguf(big).parsed_bytes == check_gguf(src).parsed_bytes <= data_start
     summary = info(big)
     assert summary["file_size"] == 4 * 2**30 and summary["vocab_size"] == 128256
-
-
-def _timed(path: Path) -> float:
-    start = time.perf_counter()
-    check_gguf(path)
-    return time.perf_counter() - start
 
 
 def _sparse_copy(src: Path, dst: Path, size: int) -> Path:

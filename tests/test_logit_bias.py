@@ -13,7 +13,6 @@ import pytest
 from toolace.api import ToolACE
 from toolace.errors import InputError
 from toolace.grammars.check import check_text
-from toolace.grammars.schema import normalise_tools
 from toolace.runtime.sampling import Sampler, SamplingParams
 
 WEATHER = [{"name": "get_weather", "description": "Current weather for a city.", "parameters": {
@@ -72,7 +71,7 @@ def test_bias_cannot_break_the_grammar(ta: ToolACE) -> None:
     r = ta.call("Weather in Paris?", WEATHER, "required", logit_bias=bias, max_tokens=32)
     assert r.raw.startswith("[get_weather(location=")  # the needed tokens were forced through anyway
     if r.finish_reason == "length":  # the biased model rambles inside the string: every byte is still in language
-        verdict = check_text(ta.grammar(normalise_tools(WEATHER), "required", True).gbnf, r.raw)
+        verdict = check_text(ta.toolset(WEATHER, "required").grammar.gbnf, r.raw)
         assert verdict.ok or verdict.offset == len(r.raw), verdict.where(r.raw)
     else:
         assert r.valid and [c["name"] for c in r.calls] == ["get_weather"], r

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from toolace.convert.pull import download, hub_cache_dir
+from toolace.convert.hub import download, hub_cache_dir
 from toolace.errors import DownloadError
 
 REPO_ID = "Team-ACE/Hostile"

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from tests.helpers.converted import converted
 from tests.helpers.gguf_bytes import valid_gguf
 from tests.helpers.imatrix import measure_imatrix, write_imatrix_dat, write_imatrix_gguf
-from toolace.convert.cli import quantize_cmd
+from toolace.cli_convert import quantize_cmd
 from toolace.convert.info import info
 from toolace.convert.quantize import QUANT_TYPES, quantize, read_imatrix
 from toolace.errors import InputError, ModelFileError

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from toolace.api import ToolACE
-from toolace.bfcl import load_questions
+from toolace.eval.bfcl import load_questions
 
 SAMPLE = 300 if not os.environ.get("TOOLACE_STRESS") else 10**6
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from toolace.errors import (
+    ContextLengthError,
     DownloadError,
     GenerationError,
     InputError,
@@ -19,14 +20,17 @@ from toolace.errors import (
 )
 
 if TYPE_CHECKING:
+    from toolace.agent.loop import RunResult
     from toolace.api import CallResult, ToolACE
 
 __all__ = [
     "CallResult",
+    "ContextLengthError",
     "DownloadError",
     "GenerationError",
     "InputError",
     "ModelFileError",
+    "RunResult",
     "SchemaError",
     "TemplateError",
     "ToolACE",
@@ -35,7 +39,7 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-_LAZY = {"ToolACE": "toolace.api", "CallResult": "toolace.api"}
+_LAZY = {"ToolACE": "toolace.api", "CallResult": "toolace.api", "RunResult": "toolace.agent.loop"}
 
 
 def __getattr__(name: str) -> Any:

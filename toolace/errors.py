@@ -29,7 +29,12 @@ class TemplateError(ToolaceError):
 
 
 class GenerationError(ToolaceError):
-    """Decoding failed: prompt too long, grammar rejected everything, context exhausted."""
+    """Decoding failed: the grammar allowed no token, llama.cpp refused a batch or a state file."""
+
+
+class ContextLengthError(GenerationError):
+    """The prompt (plus what must be generated) does not fit the context window. HTTP 400
+    `context_length_exceeded` when raised before any token was produced."""
 
 
 class ValidationFailure(ToolaceError):
@@ -42,3 +47,7 @@ class OutputError(ToolaceError):
 
 class DownloadError(ToolaceError):
     """A download failed, was refused (path tricks, pickles) or did not match its hash."""
+
+
+class ToolServerError(ToolaceError):
+    """An MCP tool server could not be started, or did not answer initialize in time."""

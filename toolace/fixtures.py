@@ -5,7 +5,6 @@ sha256, and extracts one file into TOOLACE_HOME/fixtures. Nothing here installs 
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import tempfile
@@ -15,7 +14,7 @@ from pathlib import Path
 
 from toolace.errors import DownloadError
 from toolace.limits import HASH_CHUNK_BYTES
-from toolace.paths import atomic_output, toolace_home
+from toolace.paths import atomic_output, sha256_file, toolace_home
 
 
 @dataclass(frozen=True)
@@ -54,14 +53,6 @@ def fixtures_dir() -> Path:
 def fixture_path(fixture: WheelFile) -> Path:
     """Where `fixture` lives once fetched (it may not exist yet)."""
     return fixtures_dir() / fixture.filename
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch(fixture: WheelFile) -> Path:

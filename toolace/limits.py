@@ -1,4 +1,5 @@
-"""Every resource limit in one place: name, unit, and why. Code imports these; nothing inlines a bound."""
+"""Every resource limit in one place: name, unit, and why. Code imports these; nothing inlines a bound.
+(Tuning constants that are not limits, e.g. the mask-first rejection rate, stay beside the code they tune.)"""
 
 from __future__ import annotations
 
@@ -7,16 +8,17 @@ MAX_TOOLS_FILE_BYTES = 8 * 1024 * 1024  # bytes; a tools file larger than this i
 MAX_TOOLS = 512  # functions per request; BFCL's largest set is < 50, a 512-way alternation still compiles fast
 MAX_SCHEMA_DEPTH = 32  # nesting levels of objects/arrays/anyOf; real tool schemas stay under 8
 MAX_ENUM_VALUES = 4096  # alternatives in one enum; each becomes a grammar alternative
-MAX_REF_EXPANSION = 4  # times one $ref may be expanded inside itself (bounds recursive schemas)
 MAX_NAME_CHARS = 256  # characters in a tool or parameter name
 MAX_GRAMMAR_BYTES = 4 * 1024 * 1024  # bytes of generated GBNF; keeps llama.cpp's parser and llguidance bounded
 MAX_GRAMMAR_RULES = 50_000  # rules in the generated GBNF, same reason
 MAX_GBNF_GROUP_DEPTH = 256  # nested parentheses followed by the left-recursion check; deeper is refused (stack)
 MAX_STRING_REPEAT = 4096  # largest {m,n} bound expanded for minLength/maxLength; above it the bound is post-checked
+TOOLSET_CACHE_ENTRIES = 64  # compiled tool sets kept (LRU); a desktop app sends one or a few sets over and over
 MAX_INT_RANGE_DIGITS = 19  # digits handled by the exact integer-range grammar (int64); wider ranges are post-checked
+RESPONSE_FORMAT_CACHE_ENTRIES = 64  # compiled response_format schemas kept (LRU), as TOOLSET_CACHE_ENTRIES
 
 # --- call text -----------------------------------------------------------------------------------------------------
-MAX_WS = 1  # spaces allowed after a separator (',' or ':'); DESIGN.md's `"," " "?`, and no spinning on blanks
+MAX_WS = 1  # spaces allowed after a separator (',' or ':'); the call language's `"," " "?`, and no spinning on blanks
 MAX_CALL_TEXT_CHARS = 1_000_000  # characters of model output the parser accepts
 MAX_LITERAL_DEPTH = 64  # nesting of [..]/{..} the parser follows before refusing (stack safety)
 
@@ -34,16 +36,47 @@ MAX_MAX_TOKENS = 32_768  # tokens; a larger request is refused rather than silen
 MAX_TEMPERATURE = 5.0  # above this sampling is noise
 MAX_LOGIT_BIAS_ENTRIES = 1024  # tokens biased per request; each costs an indexed add per sampled token
 MAX_LOGIT_BIAS = 100.0  # |bias| per token, OpenAI's range: ±100 already bans or forces a token
+MAX_PENALTY = 2.0  # |frequency_penalty| and |presence_penalty|, OpenAI's range
 MAX_FAST_FORWARD_TOKENS = 64  # forced tokens appended in one batch
 MASK_IDS_CACHE_ENTRIES = 32  # grammar masks per generation whose token ids are kept (a model fighting the grammar
 # revisits a few states: digits, string interiors); usually the smaller side of a mask, at most the whole vocabulary
 # as int64 (1 MB at 128k), so <= 32 MB
+
+# --- conversation and caches -------------------------------------------------------------------------------------
+MAX_REMEMBERED_CALLS = 4096  # tool-call ids whose raw text is kept for exact re-rendering (LRU), ~100 bytes each
+MAX_CACHE_FILES = 64  # KV state files kept in the disk prompt cache; oldest (by access) removed beyond this
+MIN_PREFIX_TOKENS = 64  # prompt prefixes shorter than this are cheaper to recompute than to load from disk
+
+# --- HTTP server -----------------------------------------------------------------------------------------------------
+MAX_BODY_BYTES = 8 * 1024 * 1024  # bytes per request body; = MAX_TOOLS_FILE_BYTES, the largest legitimate tool list
+MAX_STOP_SEQUENCES = 16  # stop strings per request (OpenAI allows 4); each is checked after every token
+MAX_STOP_CHARS = 1024  # characters in one stop string
+# Requests waiting + running; more get 429 with Retry-After. A waiting request costs a coroutine and its body, so
+# the bound is generous: stock BFCL fires 100 concurrent requests and must not see a 429.
+DEFAULT_MAX_QUEUE = 128
+RETRY_AFTER_SECONDS = 1  # what a 429 tells the client to wait before retrying
+DISCONNECT_POLL_SECONDS = 0.5  # seconds between client-disconnect checks while a request waits for the model
+SSE_PING_SECONDS = 15  # seconds between SSE keep-alive comments while the first token is awaited
+MAX_STORED_RESPONSES = 256  # /v1/responses kept for previous_response_id (LRU); each holds its conversation,
+# so the bound is on memory: 256 conversations of a few kB each
+MAX_N_CHOICES = 8  # `n` choices per chat request; they run one after another while the client waits
+MAX_ALIASES = 16  # extra model names `toolace serve --alias` answers to
+
+# --- budget and runaway values (docs/budget.md) ---------------------------------------------------------------------
+MAX_COMPLETION_BYTES = 16 * 1024  # bytes of one planned shortest completion; a grammar whose shortest call is longer
+# cannot be guarded (its calls would not fit a sane max_tokens anyway) and the request is refused in required mode
+LOOP_MAX_PERIOD_TOKENS = 32  # longest token cycle recognised as a runaway value (the Lisbon loop's is ~6)
+LOOP_MIN_REPEATS = 3  # copies of the cycle before the value is cut back to its first copy
+LOOP_MIN_SPAN_TOKENS = 16  # ... and at least this many tokens in all, so short legitimate repeats ("aaa") stay
+START_PLAN_CACHE_ENTRIES = 64  # grammars per model whose shortest complete call is kept (one walk per tool)
+MAX_LOOP_CUTS = 8  # runaway values cut per generation; each costs the tokens it rolled back, this bounds the waste
 
 # --- files ---------------------------------------------------------------------------------------------------------
 MAX_GGUF_KV = 1_000_000  # metadata entries in one GGUF; llama.cpp's own files have < 100
 MAX_GGUF_TENSORS = 1_000_000  # tensors in one GGUF; an 8B Llama has 292
 MAX_GGUF_STRING_BYTES = 64 * 1024 * 1024  # bytes in one GGUF string (chat templates, merges entries are small)
 GGML_MAX_DIMS = 4  # dimensions of one tensor (ggml.h)
+MAX_KEPT_ARRAY = 1024  # GGUF array values kept in the returned header; longer arrays are checked, only counted
 MAX_SAFETENSORS_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own reader refuses headers above 100 MB
 HASH_CHUNK_BYTES = 8 * 1024 * 1024  # bytes read per step when hashing model files
 
@@ -58,4 +91,23 @@ MAX_TOKEN_BYTES = 64 * 1024  # bytes in one vocabulary entry (llama.cpp's BPE to
 CONVERT_CHUNK_BYTES = 64 * 1024 * 1024  # bytes of F32 rows converted per step; keeps peak RSS ~ largest tensor read
 QUANTIZE_POLL_SECONDS = 0.2  # how often the main thread wakes while llama.cpp quantizes, so Ctrl-C is honoured
 GGUF_CHECK_READ_BYTES = 512 * 1024 * 1024  # bytes of GGUF header parsed by the pre-check; Llama-3's header is ~8 MB
-CONVERT_MEMORY_HEADROOM_BYTES = 512 * 1024 * 1024  # peak RSS budget of a conversion above its largest tensor (§4)
+# Peak RSS budget of a conversion above its largest tensor (docs/design.md, "Conversion").
+CONVERT_MEMORY_HEADROOM_BYTES = 512 * 1024 * 1024
+
+# --- the tool loop (toolace.agent) ---------------------------------------------------------------------------------
+DEFAULT_MAX_STEPS = 8  # model turns that call tools before a run stops without an answer
+MAX_STEPS = 100  # upper bound on max_steps; a loop longer than this is a model stuck calling the same tool
+TOOL_CALL_SECONDS = 60.0  # seconds one tool call (Python or MCP) may run; then the model gets a timeout error result
+TOOL_CALL_GRACE_SECONDS = 1.0  # seconds past a call's limit before the loop stops waiting for a tool that ignores it
+MAX_TOOL_RESULT_CHARS = 8_000  # characters of one result fed back (~2k tokens: two fit the default 8k context);
+# longer results are cut, with a note the model sees
+MAX_TOOL_WORKERS = 8  # calls of one step run at once; more wait for a free worker
+MCP_START_SECONDS = 30.0  # seconds an MCP server has to start, answer initialize and list its tools
+MCP_CLOSE_SECONDS = 10.0  # seconds closing all servers may take (the SDK itself: stdin close, 2 s, SIGTERM, 2 s, KILL)
+MAX_MCP_CONFIG_BYTES = 1024 * 1024  # bytes in an mcpServers config file; real ones are < 10 KB
+MAX_MCP_SERVERS = 32  # servers in one config; each is a process
+MAX_MCP_TOOL_PAGES = 100  # tools/list pages followed per server; a server that pages forever is cut off here
+MAX_MCP_STDERR_CHARS = 2_000  # characters of a failed server's stderr quoted in the error message
+
+# --- remote servers (toolace.remote, docs/scale-out.md) ------------------------------------------------------------
+REMOTE_TIMEOUT_SECONDS = 600.0  # seconds one remote request may take; a cold 8B on CPU answers 512 tokens in minutes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from toolace.errors import OutputError, ToolaceError
+from toolace.limits import HASH_CHUNK_BYTES
 
 HOME_ENV = "TOOLACE_HOME"
 
@@ -20,6 +22,15 @@ def toolace_home() -> Path:
     """The folder for fixtures, the model store and KV caches (TOOLACE_HOME, else ~/.cache/toolace)."""
     env = os.environ.get(HOME_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "toolace"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in bounded chunks (model files are gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_json_file(path: Path, limit: int, error: type[ToolaceError], what: str) -> Any:

@@ -1,46 +1,21 @@
-"""Click commands for conversion: `convert`, `quantize`, `pull`, `info`. Thin on purpose: each passes its flags,
-named as the library function's parameters, straight through, and turns a ToolaceError into one line and the
-error's exit code. toolace/cli.py registers them on the main group."""
+"""Click commands for the engine's model-file verbs: `convert`, `quantize`, `pull`, `info`. Thin on purpose: each
+passes its flags, named as the library function's parameters, straight through, and turns a ToolaceError into one
+line and the error's exit code. They live here, not in convert/, because the engine never imports the CLI edge;
+toolace/cli.py registers them on the main group."""
 
 from __future__ import annotations
 
 import json
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from toolace.errors import ToolaceError
-
-
-@contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """Make SIGTERM unwind like Ctrl-C, so temporary outputs are removed; Python's default is to die on the spot."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+from toolace.edge import edge
 
 
 def _call(fn: Callable[..., Any], **kwargs: Any) -> Any:
-    try:
-        with _sigterm_unwinds():
-            return fn(**kwargs)
-    except ToolaceError as e:
-        exc = click.ClickException(str(e))
-        exc.exit_code = e.exit_code
-        raise exc from None
+    return edge(fn)(**kwargs)
 
 
 @click.command("convert")
@@ -51,7 +26,7 @@ def _call(fn: Callable[..., Any], **kwargs: Any) -> Any:
 @click.option("--revision", default=None, help="Hub branch, tag or commit (hub repo ids only).")
 def convert_cmd(**kwargs: Any) -> None:
     """Convert a Hugging Face checkpoint (local folder or hub repo id) to GGUF."""
-    from .convert import convert
+    from toolace.convert.convert import convert
 
     click.echo(_call(convert, **kwargs))
 
@@ -67,7 +42,7 @@ def convert_cmd(**kwargs: Any) -> None:
 @click.option("--allow-requantize", is_flag=True, help="Accept an already quantized input (both roundings add up).")
 def quantize_cmd(**kwargs: Any) -> None:
     """Quantize a GGUF file with llama.cpp's quantizer."""
-    from .quantize import quantize
+    from toolace.convert.quantize import quantize
 
     click.echo(_call(quantize, **kwargs))
 
@@ -78,7 +53,7 @@ def quantize_cmd(**kwargs: Any) -> None:
 @click.option("--revision", default=None, help="Hub branch, tag or commit.")
 def pull_cmd(**kwargs: Any) -> None:
     """Download a hub checkpoint, convert and quantize it into the model store, and register it."""
-    from .pull import pull
+    from toolace.convert.pull import pull
 
     click.echo(_call(pull, **kwargs))
 
@@ -88,7 +63,7 @@ def pull_cmd(**kwargs: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info_cmd(file: str, as_json: bool) -> None:
     """Inspect a GGUF file (its header only; the file is checked before anything trusts it)."""
-    from .info import format_info, info
+    from toolace.convert.info import format_info, info
 
     summary = _call(info, file=file)
     click.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))

@@ -12,11 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from toolace.bfcl import STRING_LANGUAGES, Question
 from toolace.errors import InputError
+from toolace.eval.bfcl import STRING_LANGUAGES, Question, is_irrelevance
 from toolace.grammars.schema import Tool, normalise_tools
 
-PARALLEL_CATEGORIES = ("parallel", "parallel_multiple")
 # BFCL's normalisation: spaces and these punctuation marks carry no meaning in an answer; case neither.
 _NOISE = re.compile(r"[ ,./\-_*^]")
 _MISSING = object()
@@ -182,7 +181,7 @@ def _perfect_matching(ok: list[list[bool]]) -> bool:
 
 def check(question: Question, calls: Sequence[dict[str, Any]], tools: Sequence[Tool] | None = None) -> CheckResult:
     """Score a model's parsed calls for one BFCL question (irrelevance: correct iff there is no call)."""
-    if question.category == "irrelevance":
+    if is_irrelevance(question.category):
         return CheckResult(not calls, "no call" if not calls else f"{len(calls)} call(s) where none fits")
     if question.ground_truth is None:
         raise InputError(f"{question.id}: no possible answer to score against")
@@ -191,7 +190,7 @@ def check(question: Question, calls: Sequence[dict[str, Any]], tools: Sequence[T
     answers = question.ground_truth
     if not calls:
         return CheckResult(False, "no call")
-    if question.category not in PARALLEL_CATEGORIES:
+    if "parallel" not in question.category:  # parallel, parallel_multiple, live_parallel, ...: any call order
         if len(calls) != 1:
             return CheckResult(False, f"expected one call, got {len(calls)}")
         return check_call(calls[0], answers[0], by_name, lang)

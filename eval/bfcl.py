@@ -1,4 +1,4 @@
-"""Berkeley Function-Calling Leaderboard data: loading the non-live categories and rendering ground truths.
+"""Berkeley Function-Calling Leaderboard data: loading any BFCL v4 category file and rendering ground truths.
 
 BFCL's possible answers list the acceptable values per parameter ("" = may be omitted) and nest that form inside
 dict values. Java and JavaScript categories are scored as BFCL does: every parameter is a string holding source
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +19,50 @@ import jsonschema
 
 from toolace.errors import InputError
 from toolace.grammars.schema import Tool
+from toolace.paths import toolace_home
 
+# The non-live categories (the data this project ships results for); any other BFCL v4 category file in the same
+# layout (live_simple, live_multiple, ...) is scored too when asked for by name.
 CATEGORIES = ("simple_python", "simple_java", "simple_javascript", "multiple", "parallel", "parallel_multiple",
               "irrelevance")
 STRING_LANGUAGES = {"simple_java": "Java", "simple_javascript": "JavaScript"}
+DATA_ENV = "TOOLACE_BFCL_DIR"
+_CATEGORY_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # a category is a file name part: no paths, no dots
+HOW_TO_GET_DATA = ("BFCL data is the `bfcl_eval/data` folder of the `bfcl-eval` package (pip download bfcl-eval "
+                   "--no-deps, then unzip the wheel): BFCL_v4_<category>.json files and possible_answer/. Pass it "
+                   f"with --data DIR or set {DATA_ENV}.")
+
+
+def default_data_dir() -> str | None:
+    """TOOLACE_BFCL_DIR, else TOOLACE_HOME/bfcl if it exists; None means the user must say where the data is."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return env
+    home = toolace_home() / "bfcl"
+    return str(home) if home.is_dir() else None
+
+
+def category_names(data_dir: str | Path | None, categories: str) -> tuple[str, ...]:
+    """The comma-separated category names, each with its question file present in `data_dir`."""
+    if data_dir is None or not Path(data_dir).is_dir():
+        where = "no BFCL data folder given" if data_dir is None else f"BFCL data folder {data_dir} does not exist"
+        raise InputError(f"{where}. {HOW_TO_GET_DATA}")
+    cats = tuple(c.strip() for c in categories.split(",") if c.strip())
+    if not cats:
+        raise InputError("no categories given")
+    for cat in cats:
+        if not _CATEGORY_RE.match(cat):
+            raise InputError(f"{cat!r} is not a BFCL category name (lower-case letters, digits and '_')")
+        if not (Path(data_dir) / f"BFCL_v4_{cat}.json").is_file():
+            present = sorted(p.name[len("BFCL_v4_"):-len(".json")] for p in Path(data_dir).glob("BFCL_v4_*.json"))
+            raise InputError(f"no BFCL_v4_{cat}.json in {data_dir}; categories present: "
+                             f"{', '.join(present) or 'none'}. {HOW_TO_GET_DATA}")
+    return cats
+
+
+def is_irrelevance(category: str) -> bool:
+    """Categories where declining to call is the right answer (irrelevance, live_irrelevance)."""
+    return "irrelevance" in category
 
 
 @dataclass(frozen=True)
@@ -50,12 +92,8 @@ def language_functions(functions: list[dict[str, Any]], category: str) -> list[d
 
 def load_questions(data_dir: str | Path, categories: tuple[str, ...] = CATEGORIES) -> Iterator[Question]:
     root = Path(data_dir)
-    for cat in categories:
-        if cat not in CATEGORIES:
-            raise InputError(f"unknown BFCL category {cat!r}; known: {', '.join(CATEGORIES)}")
+    for cat in category_names(root, ",".join(categories)):
         qfile = root / f"BFCL_v4_{cat}.json"
-        if not qfile.is_file():
-            raise InputError(f"BFCL data file missing: {qfile}")
         answers: dict[str, Any] = {}
         afile = root / "possible_answer" / f"BFCL_v4_{cat}.json"
         if afile.is_file():

@@ -1,67 +1,31 @@
-"""OpenAI request parsing and error mapping for the server: bounded JSON bodies, refused fields, sampling and stop
-options checked into library arguments, and library exceptions mapped to OpenAI-style HTTP errors."""
+"""OpenAI request parsing: bounded JSON bodies, refused fields, and sampling, stop and tool options checked into
+library arguments (a ToolSet built once per request)."""
 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 
-from toolace.errors import GenerationError, InputError, TemplateError, ToolaceError
-from toolace.limits import DEFAULT_MAX_TOKENS
+from toolace.api import ToolACE
+from toolace.grammars.json_schema import ResponseFormat
+from toolace.grammars.toolset import ToolSet
+from toolace.limits import DEFAULT_MAX_TOKENS, MAX_N_CHOICES, MAX_STOP_CHARS, MAX_STOP_SEQUENCES
+from toolace.runtime.generate import check_max_tokens
+from toolace.runtime.sampling import SamplingParams
 
-from ..grammars.compile import resolve_tool_choice
-from ..grammars.schema import normalise_tools
-from .generate import check_max_tokens
-from .sampling import SamplingParams
+from .errors import ApiError
+from .structured import chat_response_format
 
-if TYPE_CHECKING:
-    from toolace.api import CallResult
-
-log = logging.getLogger("toolace.server")
-
-# --- request limits (name, unit, reason) ----------------------------------------------------------------------------
-MAX_BODY_BYTES = 8 * 1024 * 1024  # bytes per request body; = MAX_TOOLS_FILE_BYTES, the largest legitimate tool list
-MAX_STOP_SEQUENCES = 16  # stop strings per request (OpenAI allows 4); each is checked after every token
-MAX_STOP_CHARS = 1024  # characters in one stop string
-
-# Request fields that would let a client supply its own template or grammar: refused (DESIGN.md §7).
+# Request fields that would let a client supply its own template or grammar: refused (docs/design.md, "Hostile
+# input").
 REFUSED_FIELDS = ("grammar", "gbnf", "ebnf", "regex", "json_schema", "chat_template", "chat_template_kwargs",
                   "template", "guided_json", "guided_regex", "guided_grammar", "guided_choice", "structured_outputs",
                   "functions", "function_call")
 
 
-class ApiError(Exception):
-    """An error answered as OpenAI-style JSON."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.code = status, message, type_, code
-
-
-def error_body(message: str, type_: str, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
-
-
-def api_error(exc: BaseException, started: bool = False) -> ApiError:
-    """Map a library exception to an HTTP error. `started`: tokens were already produced."""
-    if isinstance(exc, ApiError):
-        return exc
-    if isinstance(exc, (InputError, TemplateError)):
-        return ApiError(400, str(exc), "invalid_request_error", "invalid_request")
-    if isinstance(exc, GenerationError) and not started:
-        code = "context_length_exceeded" if "context" in str(exc) else "invalid_request"
-        return ApiError(400, str(exc), "invalid_request_error", code)
-    if isinstance(exc, ToolaceError):
-        return ApiError(500, str(exc), "server_error", "generation_failed")
-    log.error("internal error", exc_info=exc)
-    return ApiError(500, f"internal error: {type(exc).__name__}", "server_error", "internal_error")
-
-
-# --- request parsing -----------------------------------------------------------------------------------------------
 async def read_json(request: Request, max_body_bytes: int) -> dict[str, Any]:
     length = request.headers.get("content-length")
     if length is not None:
@@ -93,12 +57,6 @@ def refuse_fields(body: dict[str, Any]) -> None:
         if body.get(name) is not None:
             raise ApiError(400, f"field {name!r} is not accepted: templates and grammars are fixed by the server "
                                 "(tools and tool_choice select the grammar)")
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise ApiError(400, "response_format is not supported (only {'type': 'text'}); use tools and tool_choice")
-    n = body.get("n", 1)
-    if n not in (1, None):
-        raise ApiError(400, f"n must be 1, got {n!r}")
     if body.get("logprobs") or body.get("best_of") not in (None, 1) or body.get("echo"):
         raise ApiError(400, "logprobs, best_of and echo are not supported")
 
@@ -133,7 +91,9 @@ def stop_of(body: dict[str, Any]) -> list[str]:
 def sampling_of(body: dict[str, Any]) -> dict[str, Any]:
     opts = {"temperature": _number(body, "temperature", 0.0), "top_p": _number(body, "top_p", 1.0),
             "top_k": _number(body, "top_k", 0), "min_p": _number(body, "min_p", 0.0), "seed": body.get("seed"),
-            "logit_bias": _logit_bias(body.get("logit_bias"))}
+            "logit_bias": _logit_bias(body.get("logit_bias")),
+            "frequency_penalty": _number(body, "frequency_penalty", 0.0),
+            "presence_penalty": _number(body, "presence_penalty", 0.0)}
     SamplingParams(**opts)  # validates: NaN, out of range, wrong types → InputError → 400
     return opts
 
@@ -152,31 +112,30 @@ def _logit_bias(value: Any) -> dict[int, Any]:
     return out
 
 
-def usage(result_stats: Any) -> dict[str, int]:
-    p, c = result_stats.prompt_tokens, result_stats.completion_tokens
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-
-
-def arguments_json(args: dict[str, Any]) -> str:
-    return json.dumps(args, ensure_ascii=False)
-
-
-def content_of(result: CallResult) -> str | None:
-    if result.calls:
-        return None
-    return result.text if result.text is not None else result.raw
-
-
 @dataclass
 class ChatRequest:
     """A checked /v1/chat/completions body, as library arguments."""
 
     messages: list[Any]
-    tools: list[Any] | None
-    tool_choice: Any
-    options: dict[str, Any]
+    toolset: ToolSet | None  # normalised and compiled once, here
+    options: dict[str, Any]  # ToolACE.stream keywords (response_format included)
     stream: bool
     include_usage: bool
+    n: int = 1  # choices, generated one after another
+
+
+def n_of(body: dict[str, Any]) -> int:
+    n = body.get("n")
+    if n is None:
+        return 1
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_N_CHOICES:
+        raise ApiError(400, f"n must be an integer in [1, {MAX_N_CHOICES}], got {n!r}")
+    return n
+
+
+def system_roles(messages: list[Any]) -> list[Any]:
+    """OpenAI's `developer` role is the system role (its newer name)."""
+    return [dict(m, role="system") if isinstance(m, dict) and m.get("role") == "developer" else m for m in messages]
 
 
 def chat_request(body: dict[str, Any]) -> ChatRequest:
@@ -187,21 +146,20 @@ def chat_request(body: dict[str, Any]) -> ChatRequest:
     tool_choice = body.get("tool_choice")
     if tool_choice is None:
         tool_choice = "auto"
-    if tools is not None:
-        resolve_tool_choice(tool_choice, normalise_tools(tools))  # unknown tool → SchemaError → 400
-    elif tool_choice not in ("auto", "none"):
-        raise ApiError(400, f"tool_choice {tool_choice!r} needs tools")
     parallel = body.get("parallel_tool_calls", True)
     if not isinstance(parallel, bool):
         raise ApiError(400, "parallel_tool_calls must be a boolean")
+    if tools is None and tool_choice not in ("auto", "none"):
+        raise ApiError(400, f"tool_choice {tool_choice!r} needs tools")
+    toolset = ToolACE.toolset(tools, tool_choice, parallel) if tools is not None else None  # bad tools → 400
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "stream must be a boolean")
-    options = dict(parallel_tool_calls=parallel, max_tokens=max_tokens_of(body), stop=stop_of(body),
-                   **sampling_of(body))
+    fmt: ResponseFormat | None = chat_response_format(body.get("response_format"))
+    options = dict(max_tokens=max_tokens_of(body), stop=stop_of(body), response_format=fmt, **sampling_of(body))
     stream_opts = body.get("stream_options") or {}
     include_usage = isinstance(stream_opts, dict) and bool(stream_opts.get("include_usage"))
-    return ChatRequest(messages, tools, tool_choice, options, stream, include_usage)
+    return ChatRequest(system_roles(messages), toolset, options, stream, include_usage, n_of(body))
 
 
 def completion_request(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -19,13 +19,11 @@ import numpy as np
 from toolace.errors import GenerationError
 from toolace.limits import DEFAULT_N_CTX
 from toolace.paths import atomic_output
-
-from ..grammars.schema import normalise_tools
-from .constraints import ENGINES, make_constraint
-from .generate import GenerationStats, generate
-from .model import Model, usable_cores
-from .refs import resolve_model
-from .sampling import SamplingParams
+from toolace.runtime.constraints import ENGINES, make_constraint
+from toolace.runtime.generate import GenerationStats, generate
+from toolace.runtime.model import Model, usable_cores
+from toolace.runtime.refs import resolve_model
+from toolace.runtime.sampling import SamplingParams
 
 TTFT_TOOL_TOKENS = 2000  # the tool list size the warm-TTFT target is stated for
 GREEDY = SamplingParams()
@@ -49,7 +47,7 @@ def _bfcl_case(data: Path | None) -> tuple[list[dict[str, Any]], list[dict[str, 
 
 def _big_toolset(ta: Any, data: Path | None, target: int) -> list[dict[str, Any]]:
     """Distinct BFCL functions until the tool prompt reaches `target` tokens."""
-    from toolace.bfcl import load_questions
+    from toolace.eval.bfcl import load_questions
 
     tools: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -60,7 +58,7 @@ def _big_toolset(ta: Any, data: Path | None, target: int) -> list[dict[str, Any]
             if fn["name"] not in seen:
                 seen.add(fn["name"])
                 tools.append(fn)
-        if len(ta.prompt_tokens([{"role": "user", "content": "hi"}], normalise_tools(tools))) >= target:
+        if len(ta.prompt_tokens([{"role": "user", "content": "hi"}], ta.toolset(tools).tools)) >= target:
             break
     return tools
 
@@ -133,9 +131,9 @@ def bench(model: str = "demo", data: str | None = None, json_out: str | None = N
     load_s = time.perf_counter() - t0
     m = ta.model
     messages, tools = _bfcl_case(data_dir)
-    norm = normalise_tools(tools)
-    gbnf = ta.grammar(norm, "required", True).gbnf
-    prompt = ta.prompt_tokens(messages, norm)
+    toolset = ta.toolset(tools, "required")
+    gbnf = toolset.grammar.gbnf
+    prompt = ta.prompt_tokens(messages, toolset.tools)
     m.lltokenizer()  # built once per model; not part of any per-call figure
 
     report: dict[str, Any] = {"model": str(path), "n_vocab": m.n_vocab, "n_gpu_layers": m.n_gpu_layers,
@@ -189,14 +187,15 @@ def _ttft(path: Path, data: Path | None, n_ctx: int, runs: int) -> dict[str, Any
         tools = _big_toolset(ta, data, TTFT_TOOL_TOKENS)
         ta.model.lltokenizer()
         qs = [f"Question {i}: which function fits best?" for i in range(runs + 1)]
-        cold = ta.chat([{"role": "user", "content": qs[0]}], tools, "required", max_tokens=1).stats
-        warm = [ta.chat([{"role": "user", "content": q}], tools, "required", max_tokens=1).stats for q in qs[1:]]
+        # auto mode: one token is enough to time the first token (a call mode needs room for a whole call)
+        cold = ta.chat([{"role": "user", "content": qs[0]}], tools, "auto", max_tokens=1).stats
+        warm = [ta.chat([{"role": "user", "content": q}], tools, "auto", max_tokens=1).stats for q in qs[1:]]
         disk = []
         for q in qs[1:]:
             fresh = ToolACE.load(str(path), n_ctx=n_ctx, kv_cache=False)
             fresh.cache = PromptCache(fresh.model, Path(tmp))
             fresh.model.lltokenizer()
-            disk.append(fresh.chat([{"role": "user", "content": q}], tools, "required", max_tokens=1).stats)
+            disk.append(fresh.chat([{"role": "user", "content": q}], tools, "auto", max_tokens=1).stats)
         c = cold.first_token_seconds
         w = statistics.median(s.first_token_seconds for s in warm)
         d = statistics.median(s.first_token_seconds for s in disk)

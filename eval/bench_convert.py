@@ -1,6 +1,6 @@
 """`toolace bench convert SRC`: conversion and quantization time, throughput against copying the same bytes, and
-peak memory against the budget "largest tensor + 512 MB" (DESIGN.md §4: memory follows the largest tensor, not
-the model).
+peak memory against the budget "largest tensor + 512 MB" (docs/design.md, "Conversion": memory follows the
+largest tensor, not the model).
 
 Each measured step runs in its own child process, which reports its own peak RSS: a parent's figure would mix in
 whatever the parent had loaded. The checkpoint is read once first so that the copy and the conversion both start
@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from toolace.convert.checkpoint import open_checkpoint
+from toolace.convert.convert import FLOAT_TYPES, resolve_source
+from toolace.convert.quantize import quant_type
 from toolace.errors import InputError, ToolaceError
 from toolace.limits import CONVERT_MEMORY_HEADROOM_BYTES
 from toolace.paths import atomic_output
-
-from .checkpoint import open_checkpoint
-from .convert import FLOAT_TYPES, resolve_source
-from .quantize import quant_type
 
 MB = 2**20
 COPY_CHUNK_BYTES = 8 * MB  # copy/read chunk: large enough that syscalls don't show in the copy baseline

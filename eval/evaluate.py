@@ -10,24 +10,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
-from toolace.bfcl import CATEGORIES, Question, ground_truth_calls, load_questions
-from toolace.errors import InputError, ToolaceError
+from toolace.api import ToolACE
+from toolace.errors import InputError
 from toolace.grammars.gbnf import render_calls
-from toolace.grammars.schema import normalise_tools
 from toolace.limits import MAX_MAX_TOKENS
 from toolace.paths import atomic_output
 
 from .ast_checker import check
+from .bfcl import Question, category_names, default_data_dir, ground_truth_calls, is_irrelevance, load_questions
 
 DEFAULT_CATEGORIES = "simple_python,multiple,parallel,parallel_multiple,irrelevance"
 TOOL_CHOICE_MODES = ("category", "auto")
@@ -37,32 +34,11 @@ COMPARE_TRANSCRIPTS = 20  # token-level comparison: enough positions (~800) for 
 RAW_CHARS_KEPT = 400  # model output kept per question in the JSON report
 
 
-def default_data_dir() -> str | None:
-    """TOOLACE_BFCL_DIR, else ../shared/bfcl beside the checkout (where CI keeps the BFCL data)."""
-    env = os.environ.get("TOOLACE_BFCL_DIR")
-    if env:
-        return env
-    beside = Path(__file__).resolve().parents[2] / "shared" / "bfcl"
-    return str(beside) if beside.is_dir() else None
-
-
-def _categories(categories: str) -> tuple[str, ...]:
-    cats = tuple(c.strip() for c in categories.split(",") if c.strip())
-    if not cats:
-        raise InputError("no categories given")
-    unknown = [c for c in cats if c not in CATEGORIES]
-    if unknown:
-        raise InputError(f"unknown BFCL categories {', '.join(unknown)}; known: {', '.join(CATEGORIES)}")
-    return cats
-
-
 def _questions(data: str | None, categories: str, limit: int | None) -> list[Question]:
-    if data is None:
-        raise InputError("no BFCL data found: pass --data DIR (BFCL_v4_*.json and possible_answer/)")
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1, got {limit}")
     out: list[Question] = []
-    for cat in _categories(categories):
+    for cat in category_names(data, categories):
         qs = [q for q in load_questions(data, (cat,))]
         out += qs[:limit] if limit else qs
     return out
@@ -71,15 +47,16 @@ def _questions(data: str | None, categories: str, limit: int | None) -> list[Que
 def _choice(q: Question, mode: str) -> str:
     if mode not in TOOL_CHOICE_MODES:
         raise InputError(f"tool choice mode must be one of {', '.join(TOOL_CHOICE_MODES)}, got {mode!r}")
-    return "auto" if mode == "auto" or q.category == "irrelevance" else "required"
+    return "auto" if mode == "auto" or is_irrelevance(q.category) else "required"
 
 
-def _run(ta: Any, q: Question, tool_choice: str, max_tokens: int, full_text: bool) -> dict[str, Any]:
+def _run(ta: ToolACE, q: Question, tool_choice: str, max_tokens: int, full_text: bool) -> dict[str, Any]:
     """One question through the model: calls (or text), validity, finish reason, latency."""
     start = time.perf_counter()
+    toolset = ta.toolset(q.functions, tool_choice)
     if tool_choice == "auto" and not full_text:
         raw, result = "", None
-        stream = ta.stream(q.messages, q.functions, tool_choice, max_tokens=max_tokens)
+        stream = ta.stream(q.messages, toolset, max_tokens=max_tokens)
         try:
             for event in stream:
                 if event.kind == "done":
@@ -94,7 +71,7 @@ def _run(ta: Any, q: Question, tool_choice: str, max_tokens: int, full_text: boo
             return {"calls": [], "raw": raw, "valid": True, "errors": [], "finish_reason": "text",
                     "latency_s": time.perf_counter() - start, "completion_tokens": None}
     else:
-        result = ta.chat(q.messages, q.functions, tool_choice, max_tokens=max_tokens)
+        result = ta.chat(q.messages, toolset, max_tokens=max_tokens)
     return {"calls": result.calls, "raw": result.raw, "valid": bool(result.valid), "errors": result.errors,
             "finish_reason": result.finish_reason, "latency_s": time.perf_counter() - start,
             "completion_tokens": result.stats.completion_tokens}
@@ -137,14 +114,13 @@ def _check_max_tokens(max_tokens: int) -> None:
         raise InputError(f"--max-tokens must be between 1 and {MAX_MAX_TOKENS}, got {max_tokens}")
 
 
-def evaluate(model: str = "demo", data: str | None = default_data_dir(), categories: str = DEFAULT_CATEGORIES,
+def evaluate(model: str = "demo", data: str | None = None, categories: str = DEFAULT_CATEGORIES,
              limit: int | None = None, json_out: str | None = None, tool_choice: str = "category",
              max_tokens: int = EVAL_MAX_TOKENS, full_text: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run BFCL questions through `model`, score them with the AST checker, and report per category.
     `limit` is per category (the first N questions of each)."""
-    from toolace.api import ToolACE
-
     _check_max_tokens(max_tokens)
+    data = data if data is not None else default_data_dir()
     questions = _questions(data, categories, limit)
     for q in questions:
         _choice(q, tool_choice)
@@ -152,10 +128,9 @@ def evaluate(model: str = "demo", data: str | None = default_data_dir(), categor
     ta = ToolACE.load(model, kv_cache=False)
     rows: list[dict[str, Any]] = []
     for q in _progress(questions, "eval", progress):
-        tools = normalise_tools(q.functions)
         choice = _choice(q, tool_choice)
         out = _run(ta, q, choice, max_tokens, full_text)
-        verdict = check(q, out["calls"], tools)
+        verdict = check(q, out["calls"], ta.toolset(q.functions, choice).tools)  # the cached set: no new work
         rows.append({"id": q.id, "category": q.category, "tool_choice": choice, "correct": verdict.correct,
                      "reason": verdict.reason, **out, "raw": out["raw"][:RAW_CHARS_KEPT]})
     cats = list(dict.fromkeys(r["category"] for r in rows))
@@ -201,22 +176,21 @@ def _transcripts(questions: list[Question], count: int) -> list[tuple[Question, 
         for queue in queues.values():
             if queue and len(picked) < count:
                 q = queue.pop(0)
-                calls = ground_truth_calls(q, normalise_tools(q.functions))
+                calls = ground_truth_calls(q, ToolACE.toolset(q.functions).tools)
                 if calls:
                     picked.append((q, calls))
     return picked
 
 
-def compare(a: str, b: str, data: str | None = default_data_dir(), categories: str = DEFAULT_CATEGORIES,
+def compare(a: str, b: str, data: str | None = None, categories: str = DEFAULT_CATEGORIES,
             limit: int | None = None, json_out: str | None = None, tool_choice: str = "category",
             max_tokens: int = EVAL_MAX_TOKENS, transcripts: int = COMPARE_TRANSCRIPTS,
             progress: bool = True) -> dict[str, Any]:
     """Call-level agreement (identical parsed calls on the same prompts) and token-level KL(a||b) and top-1
     agreement on ground-truth call transcripts. Both models stay loaded together: KL needs both full distributions
     at every position, and keeping one model's ~800 x vocab log-probabilities would cost more memory."""
-    from toolace.api import ToolACE
-
     _check_max_tokens(max_tokens)
+    data = data if data is not None else default_data_dir()
     questions = _questions(data, categories, limit)
     ta_a, ta_b = ToolACE.load(a, kv_cache=False), ToolACE.load(b, kv_cache=False)
     if ta_a.model.n_vocab != ta_b.model.n_vocab:
@@ -232,7 +206,7 @@ def compare(a: str, b: str, data: str | None = default_data_dir(), categories: s
     top1: list[bool] = []
     picked = _transcripts(questions, transcripts)
     for q, calls in _progress(picked, "logits", progress):
-        tools = normalise_tools(q.functions)
+        tools = ToolACE.toolset(q.functions).tools
         prompt = ta_a.prompt_tokens(q.messages, tools)
         transcript = ta_a.model.tokenize(render_calls(calls), special=False)
         if prompt != ta_b.prompt_tokens(q.messages, tools) or \
@@ -255,57 +229,3 @@ def compare(a: str, b: str, data: str | None = default_data_dir(), categories: s
                         "top1_agreement": sum(top1) / len(top1) if top1 else None}}
     _write_json(report, json_out)
     return report
-
-
-# --- CLI ----------------------------------------------------------------------------------------------------------
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:5.1f}%"
-
-
-def print_eval_table(report: dict[str, Any]) -> None:
-    click.echo(f"model {report['model']}  tool_choice: {report['tool_choice_note']}  max_tokens {report['max_tokens']}")
-    click.echo(f"{'category':<20}{'n':>5}{'accuracy':>10}{'validity':>10}{'cut':>5}{'mean s':>8}{'median s':>9}")
-    for name, s in [*report["categories"].items(), ("overall", report["overall"])]:
-        click.echo(f"{name:<20}{s['n']:>5}{_pct(s['accuracy']):>10}{_pct(s['validity']):>10}"
-                   f"{s['cut_by_max_tokens']:>5}{s['latency_mean_s']:>8.2f}{s['latency_median_s']:>9.2f}")
-
-
-def print_compare_table(report: dict[str, Any]) -> None:
-    click.echo(f"A {report['a']}  vs  B {report['b']}  ({report['questions']} questions)")
-    for cat, frac in report["call_agreement"].items():
-        click.echo(f"  call agreement {cat:<20}{_pct(frac)}")
-    click.echo(f"  call agreement {'overall':<20}{_pct(report['call_agreement_overall'])}")
-    tok = report["token"]
-    kl = "-" if tok["kl_mean"] is None else f"{tok['kl_mean']:.5f} (max {tok['kl_max']:.5f})"
-    click.echo(f"  token level: {tok['transcripts']} transcripts, {tok['positions']} positions, KL(A||B) mean {kl}, "
-               f"top-1 agreement {_pct(tok['top1_agreement'])}")
-
-
-_compare = compare  # the CLI's --compare flag shadows the function's name inside eval_cmd
-
-
-@click.command("eval")
-@click.option("--model", default="demo", show_default=True, help="GGUF path, 'demo', or a pulled name.")
-@click.option("--data", default=default_data_dir(), show_default=True, help="BFCL data folder.")
-@click.option("--categories", default=DEFAULT_CATEGORIES, show_default=True, help="Comma-separated BFCL categories.")
-@click.option("--limit", type=int, default=None, help="Questions per category (the first N).")
-@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the report here.")
-@click.option("--tool-choice", type=click.Choice(TOOL_CHOICE_MODES), default="category", show_default=True,
-              help="category: required for call categories, auto for irrelevance; auto: auto everywhere.")
-@click.option("--max-tokens", type=int, default=EVAL_MAX_TOKENS, show_default=True)
-@click.option("--full-text", is_flag=True, help="Generate text answers to the end (slower, same scores).")
-@click.option("--compare", nargs=2, default=None, metavar="A B", help="Compare two GGUF quantizations instead.")
-def eval_cmd(model: str, data: str | None, categories: str, limit: int | None, json_out: str | None,
-             tool_choice: str, max_tokens: int, full_text: bool, compare: tuple[str, str] | None) -> None:
-    """Score a model on BFCL (accuracy, validity, latency), or --compare A B for quantization agreement."""
-    try:
-        if compare:
-            print_compare_table(_compare(compare[0], compare[1], data=data, categories=categories, limit=limit,
-                                         json_out=json_out, tool_choice=tool_choice, max_tokens=max_tokens))
-        else:
-            print_eval_table(evaluate(model, data=data, categories=categories, limit=limit, json_out=json_out,
-                                      tool_choice=tool_choice, max_tokens=max_tokens, full_text=full_text))
-    except ToolaceError as e:
-        exc = click.ClickException(str(e))
-        exc.exit_code = e.exit_code
-        raise exc from None

@@ -1,0 +1,305 @@
+"""OpenAI-compatible local server: one loaded model, many clients (docs/design.md, "Server").
+
+Endpoints: POST /v1/chat/completions (tools, tool_choice, parallel_tool_calls, response_format, n, stream with
+tool-call deltas), POST /v1/responses (serve/responses_route.py), POST /v1/completions (raw prompt, what BFCL's
+local handlers send), GET /v1/models, GET /health. Any model name is answered by the one loaded model, as
+llama-server does; the `model` field of every answer names that model.
+
+Concurrency: a bounded slot counter (waiting + running requests, `max_queue`); over it → 429. Each generation runs in
+its own worker thread (serve/worker.py) that iterates the library's generator; ToolACE.lock serialises model use."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from toolace.api import CallResult, StreamEvent, ToolACE
+from toolace.errors import InputError
+from toolace.limits import DEFAULT_MAX_QUEUE, DEFAULT_N_CTX, MAX_ALIASES, MAX_BODY_BYTES, SSE_PING_SECONDS
+
+from . import responses
+from .errors import ApiError, api_error, error_body, gone_response
+from .requests import ChatRequest, chat_request, completion_request, read_json, refuse_fields
+from .responses_api import ResponseStore
+from .responses_route import ResponsesHandlers
+from .worker import Slots, Worker, watch_disconnect
+
+access_log = logging.getLogger("uvicorn.access")
+
+
+def _error_response(err: ApiError) -> JSONResponse:
+    return JSONResponse(error_body(err.message, err.type, err.code, err.param), status_code=err.status,
+                        headers=err.headers)
+
+
+def _data(body: dict[str, Any]) -> dict[str, str]:
+    return {"data": json.dumps(body, ensure_ascii=False)}
+
+
+class App(ResponsesHandlers):
+    """The handlers, one page each; request parsing and response shaping are plain functions in requests.py and
+    responses.py."""
+
+    def __init__(self, ta: ToolACE, api_key: str | None, max_queue: int, max_body_bytes: int, name: str,
+                 aliases: Sequence[str] = ()) -> None:
+        self.ta, self.api_key, self.max_body_bytes, self.name = ta, api_key, max_body_bytes, name
+        self.aliases = [a for a in dict.fromkeys(aliases) if a != name]
+        self.slots = Slots(max_queue)
+        self.created = int(time.time())
+        self.store = ResponseStore()
+        self.disconnects: list[dict[str, int]] = []  # per abandoned request: model tokens at disconnect and at exit
+
+    def check_key(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.api_key.encode()):
+            raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
+                           "invalid_request_error", "invalid_api_key")
+
+    async def admit(self, request: Request, parse: Callable[[dict[str, Any]], Any]) -> tuple[Any, Callable[[], None]]:
+        """Take a queue slot (429 when full), then read and check the body; the slot is freed on any error."""
+        release = self.slots.acquire()
+        try:
+            body = await read_json(request, self.max_body_bytes)
+            refuse_fields(body)
+            return parse(body), release
+        except BaseException as e:
+            release()
+            raise api_error(e) from None
+
+    async def health(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.name, "queue": {"used": self.slots.used, "max": self.slots.limit}}
+
+    async def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": self.created,
+                                            "owned_by": "toolace", "n_ctx": self.ta.model.n_ctx}
+                                           for name in [self.name, *self.aliases]]}
+
+    # --- abandoned requests -------------------------------------------------------------------------------------------
+    def worker(self, make_iter: Callable[[Any], Any], release: Callable[[], None]) -> Worker:
+        """A worker whose exit frees the slot and, if its client left, completes the disconnect record."""
+        record: dict[str, int] = {}
+
+        def on_exit() -> None:
+            release()
+            if record:
+                record["tokens_at_exit"] = len(self.ta.model.tokens)
+
+        w = Worker(make_iter, on_exit)
+        w.record = record
+        return w
+
+    def gone(self, request: Request, worker: Worker) -> None:
+        """The client of a running request hung up: stop its generation (before the next token) and log a 499."""
+        if worker.stop.is_set():
+            return
+        worker.stop.set()  # the worker's generator checks it before each token; the pending read stays valid
+        record = worker.record
+        record["tokens_at_disconnect"] = len(self.ta.model.tokens)
+        self.disconnects.append(record)
+        del self.disconnects[:-100]  # the last hundred are plenty to look at
+        client = request.client
+        access_log.info('%s - "%s %s HTTP/%s" %d', f"{client.host}:{client.port}" if client else "-",
+                        request.method, request.url.path, request.scope.get("http_version", "1.1"), 499)
+
+    async def collect(self, request: Request, worker: Worker) -> list[CallResult] | None:
+        """Every result of a non-stream request, in order; None when the client left first. The disconnect is
+        watched as it happens (not polled), so the generation stops within one decode step."""
+        watcher = asyncio.ensure_future(watch_disconnect(request, lambda: self.gone(request, worker)))
+        try:
+            results: list[CallResult] = []
+            item = await worker.first(request)
+            while True:
+                kind, value = item
+                if kind == "error":
+                    raise api_error(value, started=True)
+                if kind == "gone" or (kind == "end" and worker.stop.is_set()):
+                    return None
+                if kind == "end":
+                    return results
+                ev = value[1] if isinstance(value, tuple) else value
+                if isinstance(ev, StreamEvent) and ev.kind == "done" and ev.result is not None:
+                    results.append(ev.result)
+                item = await worker.next(request)
+        finally:
+            watcher.cancel()
+
+    # --- chat ---------------------------------------------------------------------------------------------------------
+    def _choices(self, req: ChatRequest) -> Callable[[Any], Iterator[tuple[int, StreamEvent]]]:
+        """The `n` generations, one after another, as (choice index, event); a given seed is varied per choice."""
+        def run(stop: Any) -> Iterator[tuple[int, StreamEvent]]:
+            for i in range(req.n):
+                opts = dict(req.options)
+                if i and opts.get("seed") is not None:
+                    opts["seed"] = (opts["seed"] + i) % 2**64
+                for ev in self.ta.stream(req.messages, req.toolset, cancel=stop, **opts):
+                    yield i, ev
+        return run
+
+    async def chat_completions(self, request: Request) -> Any:
+        req, release = await self.admit(request, chat_request)
+        worker = self.worker(self._choices(req), release)
+        cid, now = "chatcmpl-" + secrets.token_hex(12), int(time.time())
+        if not req.stream:
+            results = await self.collect(request, worker)
+            if results is None:
+                return gone_response()
+            return JSONResponse(responses.chat_completion(results, cid, now, self.name))
+        first = await worker.first(request)
+        if first[0] == "gone":
+            return gone_response()
+        streams = [responses.ChatStream(cid, now, self.name, self.ta.memory, index=i) for i in range(req.n)]
+        return EventSourceResponse(self._sse(worker, request, first, streams, req), ping=SSE_PING_SECONDS, sep="\n")
+
+    async def _sse(self, worker: Worker, request: Request, item: tuple[str, Any],
+                   streams: list[responses.ChatStream], req: ChatRequest) -> AsyncIterator[dict[str, str]]:
+        started: set[int] = set()
+        done: list[CallResult] = []
+        try:
+            while True:
+                kind, value = item
+                if kind == "gone":
+                    return
+                if kind == "error":
+                    err = api_error(value, started=True)
+                    yield _data(error_body(err.message, err.type, err.code))
+                    yield {"data": "[DONE]"}
+                    return
+                if kind == "end":
+                    if req.include_usage and done:
+                        yield _data(streams[0].usage_chunk(_summed(done)))
+                    yield {"data": "[DONE]"}
+                    return
+                i, ev = value
+                if i not in started:
+                    started.add(i)
+                    yield _data(streams[i].first(ev.kind.startswith("call")))
+                for body in streams[i].chunks(ev):
+                    yield _data(body)
+                if ev.kind == "done" and ev.result is not None:
+                    done.append(ev.result)
+                if await request.is_disconnected():
+                    worker.cancel()
+                    return
+                item = await worker.next(request)
+        finally:
+            worker.cancel()  # no-op if the worker already finished; else it stops before its next token
+
+    async def completions(self, request: Request) -> Any:
+        (prompt, opts), release = await self.admit(request, completion_request)
+        worker = Worker(lambda _stop: [self.ta.complete(prompt, **opts)], release)
+        kind, value = await worker.first(request)
+        if kind == "gone":
+            return gone_response()
+        text, stats = value
+        return JSONResponse(responses.text_completion(text, stats, self.name, int(time.time())))
+
+
+def _summed(results: list[CallResult]) -> Any:
+    """The stats of `n` choices as one: the prompt once, every choice's completion tokens."""
+    from dataclasses import replace
+
+    return replace(results[0].stats, completion_tokens=sum(r.stats.completion_tokens for r in results))
+
+
+def create_app(ta: ToolACE, api_key: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
+               max_body_bytes: int = MAX_BODY_BYTES, model_id: str | None = None,
+               aliases: Sequence[str] = ()) -> FastAPI:
+    """The FastAPI app serving `ta`. `api_key`: require `Authorization: Bearer KEY` on /v1/*. `aliases`: more
+    names /v1/models lists for the model (every name is served by it anyway)."""
+    if not isinstance(max_queue, int) or max_queue < 1:
+        raise InputError(f"max_queue must be a positive integer, got {max_queue!r}")
+    if not isinstance(max_body_bytes, int) or max_body_bytes < 1024:
+        raise InputError(f"max_body_bytes must be an integer >= 1024, got {max_body_bytes!r}")
+    if api_key is not None and not api_key:
+        raise InputError("api_key must be a non-empty string (or None for no key)")
+    if len(aliases) > MAX_ALIASES or not all(isinstance(a, str) and a.strip() for a in aliases):
+        raise InputError(f"aliases: at most {MAX_ALIASES} non-empty names")
+    handlers = App(ta, api_key, max_queue, max_body_bytes, model_id or ta.model.path.stem, aliases)
+    app = FastAPI(title="toolace", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.slots = handlers.slots
+    app.state.handlers = handlers
+    _error_handlers(app)
+    keyed = [Depends(handlers.check_key)]
+    app.add_api_route("/health", handlers.health, methods=["GET"])
+    app.add_api_route("/v1/models", handlers.models, methods=["GET"], dependencies=keyed)
+    app.add_api_route("/v1/chat/completions", handlers.chat_completions, methods=["POST"], dependencies=keyed)
+    app.add_api_route("/v1/responses", handlers.responses, methods=["POST"], dependencies=keyed)
+    app.add_api_route("/v1/completions", handlers.completions, methods=["POST"], dependencies=keyed)
+    return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's shape, unknown routes and methods (404/405) included."""
+
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", code), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        return _error_response(api_error(exc))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def model_aliases(ref: str, ta: ToolACE, extra: Sequence[str] = ()) -> list[str]:
+    """The names the loaded model goes by: the reference it was loaded by when that is a name (`demo`, a store
+    name), every store name for the same file, then `--alias` names."""
+    from toolace.convert.store import list_models
+
+    path = ta.model.path.resolve()
+    names = [ref] if ref != str(ta.model.path) and "/" not in ref else []
+    names += [m["name"] for m in list_models() if m.get("size") is not None and _same(m["path"], path)]
+    return list(dict.fromkeys([*names, *extra]))
+
+
+def _same(path: str, other: Any) -> bool:
+    from pathlib import Path
+
+    try:
+        return Path(path).resolve() == other
+    except OSError:
+        return False
+
+
+def serve(model: str = "demo", host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          n_ctx: int = DEFAULT_N_CTX, max_queue: int = DEFAULT_MAX_QUEUE, n_gpu_layers: int | str = "auto",
+          engine: str = "llguidance", aliases: Sequence[str] = ()) -> None:
+    """Load `model` and serve it until interrupted. A non-loopback host needs an api_key. `aliases`: extra names
+    /v1/models lists (`toolace serve --alias`)."""
+    if not is_loopback(host) and not api_key:
+        raise InputError(f"refusing to bind {host} without an API key: pass api_key (or bind 127.0.0.1)")
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise InputError(f"port must be an integer in [0, 65535], got {port!r}")
+    import uvicorn
+
+    ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine)
+    app = create_app(ta, api_key=api_key, max_queue=max_queue, aliases=model_aliases(str(model), ta, aliases))
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,125 @@
+"""The real server for tests: uvicorn on 127.0.0.1 (a free port) in a thread, serving a loaded ToolACE, plus the
+small checks every server test uses. Loopback only; nothing here touches the network."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from openai import OpenAI
+
+from toolace.api import ToolACE
+from toolace.serve.server import create_app
+
+TIMEOUT = 120.0
+QUESTION = "What's the weather like in Paris in celsius?"
+
+TWO_TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city.",
+                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                     "required": ["city"]}}},
+    {"type": "function", "function": {"name": "get_time", "description": "Current local time in a city.",
+                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                     "required": ["city"]}}},
+]
+
+LOAD_TOOLS = [{"type": "function", "function": {"name": f"tool_{i}", "description": f"Tool number {i}.",
+                                                "parameters": {"type": "object", "properties": {}}}}
+              for i in range(8)]
+
+# Agent frameworks must never reach for the network: no tracing exports, no telemetry.
+OFFLINE_ENV = {"OPENAI_AGENTS_DISABLE_TRACING": "1", "OPENAI_AGENTS_DONT_LOG_MODEL_DATA": "1",
+               "LANGCHAIN_TRACING_V2": "false", "LANGSMITH_TRACING": "false", "OTEL_SDK_DISABLED": "true",
+               "OPENAI_API_KEY": "unused"}
+os.environ.update(OFFLINE_ENV)
+
+
+@dataclass
+class Server:
+    url: str
+    ta: ToolACE
+    thread: threading.Thread
+    uv: uvicorn.Server
+    app: FastAPI
+
+    def client(self, api_key: str = "unused") -> OpenAI:
+        return OpenAI(base_url=f"{self.url}/v1", api_key=api_key, timeout=TIMEOUT, max_retries=0)
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+
+def start_server(ta: ToolACE, **kwargs: Any) -> Server:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(ta, **kwargs)
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    return Server(f"http://127.0.0.1:{port}", ta, thread, uv, app)
+
+
+def stop_server(server: Server) -> None:
+    server.uv.should_exit = True
+    server.thread.join(timeout=30)
+
+
+def healthy(server: Server) -> None:
+    r = httpx.get(f"{server.url}/health", timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def queue_drained(server: Server) -> None:
+    """No request slot is left taken (a leaked slot or worker would keep `used` above 0 for good)."""
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{server.url}/health", timeout=10).json()["queue"]["used"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert httpx.get(f"{server.url}/health", timeout=10).json()["queue"]["used"] == 0
+
+
+def post(server: Server, content: bytes | str, path: str = "/v1/chat/completions", **headers: str) -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", content=content, timeout=TIMEOUT,
+                      headers={"content-type": "application/json", **headers})
+
+
+def error_exact(r: httpx.Response, status: int, message: str) -> dict[str, Any]:
+    """The response is an OpenAI-style error with exactly this status and message; returns the error object."""
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"] == message
+    assert err["type"] == "invalid_request_error"
+    return err
+
+
+def error_has(r: httpx.Response, status: int, *words: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"] and err["type"]
+    for w in words:
+        assert w in err["message"], err["message"]
+    return err
+
+
+def chat(client: OpenAI, tools: list[dict] | None, tool_choice: Any = None, **kw: Any) -> Any:
+    extra = {} if tools is None else {"tools": tools}
+    if tool_choice is not None:
+        extra["tool_choice"] = tool_choice
+    kw.setdefault("max_tokens", 32)
+    kw.setdefault("temperature", 0)
+    kw.setdefault("seed", 0)
+    return client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": QUESTION}],
+                                          **extra, **kw)

@@ -1,0 +1,113 @@
+"""The budget planner without a model (docs/budget.md): the completion walk always completes the call list (checked
+by the same engine that constrains decoding, and by the parser and validator), the runaway detector fires on
+cycles and not on their near misses, and the value scanner knows where a value starts and ends."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import llguidance
+import numpy as np
+import pytest
+
+from tests.conftest import EXAMPLES
+from toolace.grammars.check import byte_tokenizer, check_text, sample_text, to_llguidance
+from toolace.grammars.compile import compile_grammar
+from toolace.grammars.parser import parse_calls
+from toolace.limits import LOOP_MIN_REPEATS, LOOP_MIN_SPAN_TOKENS
+from toolace.runtime.budget import Lex, find_loop, shortest_completion, value_depths
+
+CALENDAR = json.loads((EXAMPLES / "calendar_weather.json").read_text())
+TRAVEL = json.loads((EXAMPLES / "bfcl_travel.json").read_text())
+AWKWARD = [{"name": "f", "parameters": {"type": "object", "properties": {
+    "email": {"type": "string", "format": "email"},
+    "when": {"type": "string", "format": "date-time"},
+    "code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]+$"},
+    "n": {"type": "integer", "minimum": 10, "maximum": 12},
+    "x": {"type": "number", "minimum": 0.5},
+    "nested": {"type": "object", "properties": {"k": {"type": "array", "items": {"type": "string"}, "minItems": 2}},
+               "required": ["k"]},
+    "pair": {"type": "tuple", "items": {"type": "integer"}, "minItems": 2},
+}, "required": ["email", "when", "code", "n", "x", "nested", "pair"]}}]
+
+
+def _complete(gbnf: str, prefix: str) -> str:
+    matcher = llguidance.LLMatcher(byte_tokenizer(), to_llguidance(gbnf), log_level=0)
+    data = prefix.encode()
+    assert matcher.try_consume_tokens(list(data)) == len(data), prefix
+    tail = shortest_completion(matcher, Lex().feed(data))
+    assert tail is not None
+    assert matcher.try_consume_tokens([]) == 0 and not matcher.is_error()  # the walk left the matcher as it was
+    return prefix + tail.decode()
+
+
+@pytest.mark.parametrize(("tools", "choice"), [(CALENDAR, "required"), (TRAVEL, "required"), (AWKWARD, "required"),
+                                               (CALENDAR, "auto"), (TRAVEL, "hotel_booking")])
+def test_every_prefix_completes_to_a_valid_call_list(tools: list[dict[str, Any]], choice: str) -> None:
+    """Random sentences of the grammar, cut at every byte: the walk completes each prefix into a sentence that the
+    grammar accepts and that parses and validates."""
+    compiled = compile_grammar(tools, choice)
+    rng = np.random.default_rng(7)
+    for _ in range(4):
+        text = sample_text(compiled.gbnf, rng, max_bytes=400)
+        if text is None or not text.startswith("["):
+            continue
+        for cut in range(0, len(text), max(1, len(text) // 25)):
+            prefix = text[:cut]
+            if prefix.encode("utf-8", "strict") != text.encode()[: len(prefix.encode())]:
+                continue
+            done = _complete(compiled.gbnf, prefix)
+            assert check_text(compiled.gbnf, done).ok, done
+            if done.startswith("["):
+                calls = parse_calls(done, compiled.tools)
+                assert compiled.validator.errors(calls) == [] or compiled.post_checks, done
+
+
+@pytest.mark.parametrize(("prefix", "completion"), [
+    ("[Weather Lookup API(city='Lis", "[Weather Lookup API(city='Lis')]"),
+    ("[Weather Lookup API(city='Lisbon', unit='fa", "[Weather Lookup API(city='Lisbon', unit='fahrenheit')]"),
+    ("[calendar.create_event(title='a)b", "[calendar.create_event(title='a)b',date='',start_time='',"
+                                          "duration_minutes=0)]"),  # a ")" inside a string closes nothing
+    ("[calendar.create_event(title='', date='', start_time='', duration_minutes=12",
+     "[calendar.create_event(title='', date='', start_time='', duration_minutes=12)]"),  # the number ends
+    ("[calendar.create_event(title='', date='', start_time='', duration_minutes=1, attendees=['a', \"b",
+     "[calendar.create_event(title='', date='', start_time='', duration_minutes=1, attendees=['a', \"b\"])]"),
+])
+def test_completion_closes_the_innermost_first(prefix: str, completion: str) -> None:
+    assert _complete(compile_grammar(CALENDAR, "required").gbnf, prefix) == completion
+
+
+def test_walk_ends_on_unbounded_patterns() -> None:
+    """A string pattern with `+` repeats (an email) does not keep the walk choosing the same byte."""
+    done = _complete(compile_grammar(AWKWARD, "required").gbnf, "[f(email='")
+    assert check_text(compile_grammar(AWKWARD, "required").gbnf, done).ok and len(done) < 1000
+
+
+LOOP = [5, 6, 7, 8, 9, 10]  # a cycle of period 6
+
+
+@pytest.mark.parametrize(("tokens", "found"), [
+    ([1, 2] + LOOP * 3, (6, 3)),
+    ([1, 2] + LOOP * 4, (6, 4)),
+    ([1] * LOOP_MIN_SPAN_TOKENS, (1, LOOP_MIN_SPAN_TOKENS)),
+    ([3, 4] * (LOOP_MIN_SPAN_TOKENS // 2), (2, LOOP_MIN_SPAN_TOKENS // 2)),
+    # near misses: one copy short, one token short of the span, the cycle broken at the end
+    ([1, 2] + LOOP * (LOOP_MIN_REPEATS - 1), None),
+    ([1] * (LOOP_MIN_SPAN_TOKENS - 1), None),
+    ([1, 2] + LOOP * 3 + [99], None),
+    ([1, 2] + LOOP * 2 + [5, 6, 7, 8, 9, 11], None),
+])
+def test_find_loop(tokens: list[int], found: tuple[int, int] | None) -> None:
+    assert find_loop(tokens) == found
+
+
+@pytest.mark.parametrize(("text", "depths"), [
+    ("[f(a=1)]", "00001100"),
+    ("[f(a='x,y')]", "000012222200"),
+    ("[f(a=(1, 2), b=3)]", "000012222210001100"),
+    ("[f(a='\\'', b=[])]", "00001222200012100"),
+    ("[f(), g(a={'k': [1]})]", "0000000001233322332100"),
+])
+def test_value_depths(text: str, depths: str) -> None:
+    assert "".join(str(d) for d in value_depths(text)) == depths
