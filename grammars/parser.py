@@ -239,9 +239,9 @@ class _Reader:
         while self.peek() != "}":
             if self.peek() not in ("'", '"'):
                 raise self.fail("dict keys must be strings")
+            # A repeated key keeps its last value, as in Python: a free-form dict's keys are not unique in the grammar
+            # (no context-free grammar can make them so), and whatever the grammar allows must parse.
             key = self.string(self.peek())
-            if key in out:
-                raise self.fail(f"dict key {key!r} given twice")
             self.expect(":")
             self.ws()
             out[key] = self.value(depth + 1)

@@ -7,8 +7,6 @@ keys), or refused with a 400 naming it when set; a field OpenAI does not define 
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +14,7 @@ from toolace.api import ToolACE
 from toolace.grammars.json_schema import ResponseFormat
 from toolace.grammars.toolset import ToolSet
 from toolace.limits import DEFAULT_MAX_TOKENS, MAX_STORED_RESPONSES
+from toolace.lru import LRU
 from toolace.runtime.generate import check_max_tokens
 
 from .errors import ApiError
@@ -54,29 +53,11 @@ class Stored:
     messages: list[dict[str, Any]]
 
 
-class ResponseStore:
+class ResponseStore(LRU[str, Stored]):
     """Responses kept for `previous_response_id`, least recently used dropped beyond MAX_STORED_RESPONSES."""
 
     def __init__(self, size: int = MAX_STORED_RESPONSES) -> None:
-        self.size = size
-        self._items: OrderedDict[str, Stored] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, rid: str) -> Stored | None:
-        with self._lock:
-            hit = self._items.get(rid)
-            if hit is not None:
-                self._items.move_to_end(rid)
-            return hit
-
-    def put(self, rid: str, stored: Stored) -> None:
-        with self._lock:
-            self._items[rid] = stored
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
+        super().__init__(size)
 
 
 @dataclass

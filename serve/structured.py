@@ -3,6 +3,7 @@ ResponseFormat (grammars/json_schema.py), or None for plain text. Unknown keys a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from toolace.grammars.json_schema import ResponseFormat, compile_response_format
@@ -32,27 +33,36 @@ def _schema(spec: dict[str, Any], where: str) -> ResponseFormat:
     return compile_response_format(schema, name)
 
 
+def _format(fmt: Any, where: str, json_schema: Callable[[dict[str, Any]], ResponseFormat]) -> ResponseFormat | None:
+    """text → None (no grammar), json_object → any JSON object, json_schema → what `json_schema` makes of it."""
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+        raise ApiError(400, f"{where} must be an object with a 'type'")
+    kind = fmt["type"]
+    if kind in ("text", "json_object"):
+        _check_keys(fmt, {"type"}, where)
+        return None if kind == "text" else compile_response_format(None)
+    if kind == "json_schema":
+        return json_schema(fmt)
+    raise ApiError(400, f"{where} type {kind!r} is not supported (text, json_object, json_schema)")
+
+
+def _chat_json_schema(value: dict[str, Any]) -> ResponseFormat:
+    _check_keys(value, {"type", "json_schema"}, "response_format")
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        raise ApiError(400, "response_format.json_schema must be an object")
+    _check_keys(spec, _CHAT_SCHEMA_KEYS, "response_format.json_schema")
+    return _schema(spec, "response_format.json_schema")
+
+
+def _text_json_schema(fmt: dict[str, Any]) -> ResponseFormat:
+    _check_keys(fmt, {"type"} | _CHAT_SCHEMA_KEYS, "text.format")
+    return _schema(fmt, "text.format")
+
+
 def chat_response_format(value: Any) -> ResponseFormat | None:
     """`response_format` of /v1/chat/completions: text | json_object | json_schema {name, schema, strict}."""
-    if value is None:
-        return None
-    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
-        raise ApiError(400, "response_format must be an object with a 'type'")
-    kind = value["type"]
-    if kind == "text":
-        _check_keys(value, {"type"}, "response_format")
-        return None
-    if kind == "json_object":
-        _check_keys(value, {"type"}, "response_format")
-        return compile_response_format(None)
-    if kind == "json_schema":
-        _check_keys(value, {"type", "json_schema"}, "response_format")
-        spec = value.get("json_schema")
-        if not isinstance(spec, dict):
-            raise ApiError(400, "response_format.json_schema must be an object")
-        _check_keys(spec, _CHAT_SCHEMA_KEYS, "response_format.json_schema")
-        return _schema(spec, "response_format.json_schema")
-    raise ApiError(400, f"response_format type {kind!r} is not supported (text, json_object, json_schema)")
+    return None if value is None else _format(value, "response_format", _chat_json_schema)
 
 
 def text_format(value: Any) -> ResponseFormat | None:
@@ -63,18 +73,4 @@ def text_format(value: Any) -> ResponseFormat | None:
         raise ApiError(400, "text must be an object")
     _check_keys(value, {"format", "verbosity"}, "text")
     fmt = value.get("format")
-    if fmt is None:
-        return None
-    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
-        raise ApiError(400, "text.format must be an object with a 'type'")
-    kind = fmt["type"]
-    if kind == "text":
-        _check_keys(fmt, {"type"}, "text.format")
-        return None
-    if kind == "json_object":
-        _check_keys(fmt, {"type"}, "text.format")
-        return compile_response_format(None)
-    if kind == "json_schema":
-        _check_keys(fmt, {"type"} | _CHAT_SCHEMA_KEYS, "text.format")
-        return _schema(fmt, "text.format")
-    raise ApiError(400, f"text.format type {kind!r} is not supported (text, json_object, json_schema)")
+    return None if fmt is None else _format(fmt, "text.format", _text_json_schema)

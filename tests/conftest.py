@@ -59,3 +59,7 @@ def tiny_llama_gguf(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Pa
     from tests.helpers.converted import converted
 
     return converted(tmp_path_factory, tiny_llama_dir, "f16")
+
+
+# The served demo model (`server`, `small_server`), shared by the server test modules that do not define their own.
+pytest_plugins = ["tests.helpers.server"]

@@ -3,6 +3,7 @@ near miss that must pass), for every tool_choice mode, checked by llguidance and
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 
@@ -102,3 +103,16 @@ def test_annotated_grammar_lists_post_checks() -> None:
         "n": {"type": "number", "multipleOf": 0.5}}, "required": ["n"]}}]
     text = compile_grammar(tools).annotated()
     assert "# post-checked after decoding: f: /properties/n: multipleOf" in text
+
+
+def test_repeated_free_form_dict_key_parses_as_python_does() -> None:
+    """The grammar cannot keep a free-form dict's keys unique, so the parser reads a repeated key as Python does
+    (the last value wins) rather than refusing text the decoder was allowed to produce (BFCL simple_python_337)."""
+    from toolace.grammars.parser import parse_calls
+    from toolace.grammars.schema import normalise_tools
+
+    tools = normalise_tools([{"name": "f", "parameters": {"type": "object", "properties": {
+        "d": {"type": "object", "additionalProperties": {"type": "integer"}}}, "required": ["d"]}}])
+    text = "[f(d={'a': 1, 'b': 2, 'a': 3})]"
+    assert check_text(compile_grammar(tools, "required").gbnf, text).ok
+    assert parse_calls(text, tools)[0].arguments == {"d": ast.literal_eval("{'a': 1, 'b': 2, 'a': 3}")}

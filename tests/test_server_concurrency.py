@@ -3,43 +3,21 @@ leaves mid-stream frees the model for the next one."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import openai
-import pytest
 
 from tests.helpers.server import (
+    KEY,
     LOAD_TOOLS,
     TIMEOUT,
     Server,
     chat,
     healthy,
     queue_drained,
-    start_server,
-    stop_server,
 )
-from toolace.api import ToolACE
-
-KEY = "test-key-123"
-
-
-@pytest.fixture(scope="module")
-def server(smollm2_gguf: Path) -> Iterator[Server]:
-    s = start_server(ToolACE.load(str(smollm2_gguf), n_ctx=2048))
-    yield s
-    stop_server(s)
-
-
-@pytest.fixture(scope="module")
-def small_server(smollm2_gguf: Path) -> Iterator[Server]:
-    """n_ctx 512, an API key and a queue of 1."""
-    s = start_server(ToolACE.load(str(smollm2_gguf), n_ctx=512), api_key=KEY, max_queue=1)
-    yield s
-    stop_server(s)
+from toolace.limits import RETRY_AFTER_SECONDS
 
 
 def test_concurrent_clients_do_not_mix(server: Server) -> None:
@@ -60,11 +38,9 @@ def test_concurrent_clients_do_not_mix(server: Server) -> None:
             outcomes.append("ok")
         return outcomes
 
-    t0 = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
         results = [o for outs in pool.map(client_run, range(8)) for o in outs]
     assert len(results) == 80 and results.count("ok") > 0
-    assert time.monotonic() - t0 < 90
     healthy(server)
 
 
@@ -78,6 +54,7 @@ def test_queue_full_gives_429(small_server: Server) -> None:
             return "ok"
         except openai.RateLimitError as e:
             assert "max_queue 1" in str(e)
+            assert e.response.headers.get("retry-after") == str(RETRY_AFTER_SECONDS)
             return "429"
 
     with ThreadPoolExecutor(3) as pool:
@@ -94,9 +71,7 @@ def test_client_disconnect_mid_stream(server: Server, weather_tools: list[dict])
         for line in r.iter_lines():
             if line.startswith("data:"):
                 break
-    t0 = time.monotonic()
     r = chat(server.client(), weather_tools, "required", max_tokens=32)  # the lock was released
     assert r.choices[0].message.tool_calls
-    assert time.monotonic() - t0 < 30
     queue_drained(server)
 

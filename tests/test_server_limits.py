@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from tests.helpers.server import (
+    KEY,
     LOAD_TOOLS,
     TIMEOUT,
     TWO_TOOLS,
@@ -21,10 +21,7 @@ from tests.helpers.server import (
     healthy,
     post,
     queue_drained,
-    start_server,
-    stop_server,
 )
-from toolace.api import ToolACE
 from toolace.limits import (
     MAX_BODY_BYTES,
     MAX_MAX_TOKENS,
@@ -33,24 +30,6 @@ from toolace.limits import (
     MAX_STOP_SEQUENCES,
     MAX_TEMPERATURE,
 )
-
-KEY = "test-key-123"
-
-
-@pytest.fixture(scope="module")
-def server(smollm2_gguf: Path) -> Iterator[Server]:
-    s = start_server(ToolACE.load(str(smollm2_gguf), n_ctx=2048))
-    yield s
-    stop_server(s)
-
-
-@pytest.fixture(scope="module")
-def small_server(smollm2_gguf: Path) -> Iterator[Server]:
-    """n_ctx 512 and an API key."""
-    s = start_server(ToolACE.load(str(smollm2_gguf), n_ctx=512), api_key=KEY, max_queue=1)
-    yield s
-    stop_server(s)
-
 
 BASE = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 TOOL_0 = LOAD_TOOLS[0]

@@ -5,36 +5,22 @@ replaced by the schema check. Also ToolACE.connect, the remote client, against t
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from openai import OpenAI
 
 from tests.helpers import openai_cases as cases
+from tests.helpers.server import start_server, stop_server
 from toolace.api import ToolACE
-from toolace.serve.server import create_app
 
 
 @pytest.fixture(scope="module")
 def url(smollm2_gguf: Path) -> Iterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    uv = uvicorn.Server(uvicorn.Config(create_app(ToolACE.load(str(smollm2_gguf), n_ctx=2048)), log_level="warning",
-                                       lifespan="off"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    uv.should_exit = True
-    thread.join(timeout=30)
+    served = start_server(ToolACE.load(str(smollm2_gguf), n_ctx=2048))
+    yield served.base_url
+    stop_server(served)
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +29,8 @@ def server(url: str) -> cases.Target:
                         logprobs=False)
 
 
-def test_every_tool_choice_mode_gives_valid_calls(server: cases.Target) -> None:
-    assert cases.case_tool_choice_modes(server) == {
-        "auto": [], "required": [], "none": [], f"named {cases.CALENDAR}": [], f"named {cases.WEATHER}": []}
-
-
-def test_negative_numbers_nested_literals_and_tuples_round_trip(server: cases.Target) -> None:
-    assert cases.case_round_trip(server) == []
-
-
-def test_stream_deltas_concatenate_to_non_stream_arguments(server: cases.Target) -> None:
-    assert cases.case_stream_matches(server) == {
-        f"named {cases.CALENDAR}": [], "required": [], f"named {cases.WEATHER}": []}
+class TestToolaceServe(cases.SharedCases):
+    """The shared cases (tests/helpers/openai_cases.py) against this target."""
 
 
 def test_connect_gives_the_local_surface(url: str) -> None:

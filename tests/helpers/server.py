@@ -7,10 +7,13 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
 from openai import OpenAI
@@ -123,3 +126,22 @@ def chat(client: OpenAI, tools: list[dict] | None, tool_choice: Any = None, **kw
     kw.setdefault("seed", 0)
     return client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": QUESTION}],
                                           **extra, **kw)
+
+
+KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_gguf: Path) -> Iterator[Server]:
+    """The demo model served on a free loopback port, once per test module."""
+    s = start_server(ToolACE.load(str(smollm2_gguf), n_ctx=2048))
+    yield s
+    stop_server(s)
+
+
+@pytest.fixture(scope="module")
+def small_server(smollm2_gguf: Path) -> Iterator[Server]:
+    """n_ctx 512, an API key and a queue of 1."""
+    s = start_server(ToolACE.load(str(smollm2_gguf), n_ctx=512), api_key=KEY, max_queue=1)
+    yield s
+    stop_server(s)
