@@ -100,5 +100,6 @@ def test_cli_chat_repl_shows_call_and_takes_tool_result(smollm2_gguf: Path, tmp_
     res = CliRunner().invoke(main, ["chat", "--tools", str(tools), "--model", str(smollm2_gguf), "--tool-choice",
                                     "required", "--max-tokens", "24"], input="Find the user Alice.\n42\n\n")
     assert res.exit_code == 0, res.output
-    assert "call 1: find_user" in res.output and "result of find_user> " in res.output
+    assert 'result of find_user(name="Alice")> ' in res.output  # the call shown, the human's result asked for
+    assert "call find_user(" in res.output and "result: 42" in res.output
     assert "assistant> " in res.output  # after the tool result the model answers (tool_choice back to auto)

@@ -85,7 +85,8 @@ def test_bias_steers_free_text(ta: ToolACE) -> None:
 
 
 def test_server_checks_logit_bias(ta: ToolACE) -> None:
-    from tests.test_server import _start, _stop
+    from tests.helpers.server import start_server as _start
+    from tests.helpers.server import stop_server as _stop
 
     server = _start(ta)
     try:
