@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,13 +78,14 @@ class StreamEvent:
     result: CallResult | None = None
 
 
-class ChatSurface:
+class ChatSurface(ABC):
     """`call` and `chat` on top of a `stream`: one surface for the local engine (ToolACE) and a remote
     OpenAI-compatible server (toolace.remote.RemoteToolACE)."""
 
+    @abstractmethod
     def stream(self, messages: Sequence[dict[str, Any]], tools: ToolSet | Sequence[Any] | None = None,
                tool_choice: Any = "auto", **options: Any) -> Iterator[StreamEvent]:
-        raise NotImplementedError
+        """The next assistant turn as events, ending with "done"; each subclass decodes its own way."""
 
     def call(self, question: str, tools: ToolSet | Sequence[Any], tool_choice: Any = "auto",
              **options: Any) -> CallResult:
