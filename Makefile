@@ -27,7 +27,7 @@ WHEEL_KEY := $(shell uname -m)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | 
 WHEELS := $(or $(TOOLACE_HOME),$(HOME)/.cache/toolace)/wheels/$(WHEEL_KEY)
 LLAMA_WHEEL := $(WHEELS)/.built
 
-.PHONY: install install-cuda install-metal fixtures demo test test-vllm lint bench stress clean
+.PHONY: install install-cuda install-metal fixtures demo test test-vllm lint bench bench-serve llama-server stress clean
 
 install: $(STAMP)
 
@@ -36,6 +36,21 @@ $(LLAMA_WHEEL):
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PYTHON) -m pip wheel -q --no-deps --no-cache-dir --no-binary llama-cpp-python \
 		-w $(WHEELS) $(LLAMA_CPP_PIN)
 	touch $@
+
+# llama-server from the same llama.cpp source as the wheel (the tree vendored in the pinned sdist) and the same
+# flags, for `toolace bench serve`'s side-by-side column; ~6 min on 2 cores the first time, then kept.
+LLAMA_SERVER := $(WHEELS)/llama-server
+llama-server: $(LLAMA_SERVER)
+$(LLAMA_SERVER):
+	mkdir -p $(WHEELS)/src
+	$(PYTHON) -m pip download -q --no-deps --no-binary :all: -d $(WHEELS)/src $(LLAMA_CPP_PIN)
+	rm -rf $(WHEELS)/src/tree && mkdir -p $(WHEELS)/src/tree
+	tar -xzf $(WHEELS)/src/llama_cpp_python-*.tar.gz -C $(WHEELS)/src/tree --strip-components=1
+	cmake -S $(WHEELS)/src/tree/vendor/llama.cpp -B $(WHEELS)/src/build $(LLAMA_CMAKE_ARGS) -DLLAMA_CURL=OFF \
+		-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF \
+		-DCMAKE_BUILD_TYPE=Release > $(WHEELS)/src/cmake.log
+	cmake --build $(WHEELS)/src/build --target llama-server -j $(CMAKE_BUILD_PARALLEL_LEVEL) > $(WHEELS)/src/build.log
+	cp $(WHEELS)/src/build/bin/llama-server $@.tmp && mv $@.tmp $@
 
 $(STAMP): pyproject.toml $(LLAMA_WHEEL)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +79,11 @@ lint: install
 
 bench: install fixtures
 	$(BIN)/python bench/run.py
+
+# Concurrent clients through real servers: toolace --parallel N and 1 against llama-server -np N (same llama.cpp).
+bench-serve: install fixtures $(LLAMA_SERVER)
+	$(BIN)/toolace bench serve --model demo --data $(or $(TOOLACE_BFCL_DIR),../shared/bfcl) \
+		--llama-server $(LLAMA_SERVER) --json bench/results/serve_smollm2.json
 
 # Long fuzz and adversarial-sampling runs (>= 10,000 inputs each), with hypothesis's example counts printed.
 # (The full BFCL validity set on SmolLM2 is `toolace eval`: bench/results/eval_smollm2.json.)

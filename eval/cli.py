@@ -50,9 +50,11 @@ def print_compare_table(report: dict[str, Any]) -> None:
 @click.option("--max-tokens", type=int, default=EVAL_MAX_TOKENS, show_default=True)
 @click.option("--full-text", is_flag=True, help="Generate text answers to the end (slower, same scores).")
 @click.option("--compare", nargs=2, default=None, metavar="A B", help="Compare two GGUF quantizations instead.")
+@click.option("--parallel", type=int, default=1, show_default=True, help="Questions decoded together (slots).")
 @edge
 def eval_cmd(model: str, data: str | None, categories: str, limit: int | None, json_out: str | None,
-             tool_choice: str, max_tokens: int, full_text: bool, compare: tuple[str, str] | None) -> None:
+             tool_choice: str, max_tokens: int, full_text: bool, compare: tuple[str, str] | None,
+             parallel: int) -> None:
     """Score a model on any BFCL v4 category file (accuracy, validity, latency), or --compare A B for quantization
     agreement."""
     if compare:
@@ -60,7 +62,8 @@ def eval_cmd(model: str, data: str | None, categories: str, limit: int | None, j
                                         json_out=json_out, tool_choice=tool_choice, max_tokens=max_tokens))
     else:
         print_eval_table(evaluate(model, data=data, categories=categories, limit=limit, json_out=json_out,
-                                  tool_choice=tool_choice, max_tokens=max_tokens, full_text=full_text))
+                                  tool_choice=tool_choice, max_tokens=max_tokens, full_text=full_text,
+                                  parallel=parallel))
 
 
 @click.group("bench", invoke_without_command=True)
@@ -101,6 +104,32 @@ def bench_convert_cmd(src: str, outtype: str, quant: str, json_out: str | None, 
     from toolace.eval.bench_convert import bench_convert, summary
 
     click.echo(summary(bench_convert(src=src, outtype=outtype, quant=quant, json_out=json_out, workdir=workdir)))
+
+
+@bench.command("serve")
+@click.option("--model", default="demo", show_default=True, help="GGUF path, 'demo', or a pulled name.")
+@click.option("--data", default=None, type=click.Path(file_okay=False), help="BFCL data folder (the requests).")
+@click.option("--n-ctx", type=int, default=2048, show_default=True, help="Context per slot.")
+@click.option("--max-tokens", type=int, default=128, show_default=True)
+@click.option("--llama-server", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="A llama-server binary (`make llama-server`) for its column.")
+@click.option("--vllm-url", default=None, help="A running vLLM with the toolace export (serve.sh), for its column.")
+@click.option("--vllm-export", default=None, type=click.Path(file_okay=False, exists=True),
+              help="Or a `toolace export vllm` folder: its serve.sh is started for the vLLM column only.")
+@click.option("--vllm-args", default="", help="Extra arguments for that serve.sh (e.g. '--enforce-eager').")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the report here.")
+@click.option("--logs", default=None, type=click.Path(file_okay=False), help="Folder for the servers' logs.")
+@edge
+def bench_serve_cmd(model: str, data: str | None, n_ctx: int, max_tokens: int, llama_server: str | None,
+                    vllm_url: str | None, vllm_export: str | None, vllm_args: str, json_out: str | None,
+                    logs: str | None) -> None:
+    """Concurrent clients (1, 2, 4, 8) through real HTTP servers: toolace --parallel N and 1, llama-server -np N,
+    vLLM; tok/s, req/s, latency, TTFT, validity."""
+    from toolace.eval.bench_serve import bench_serve, summary
+
+    click.echo(summary(bench_serve(model=model, data=data, n_ctx=n_ctx, max_tokens=max_tokens,
+                                   llama_server=llama_server, vllm_url=vllm_url, vllm_export=vllm_export,
+                                   vllm_args=vllm_args, json_out=json_out, logs=logs)))
 
 
 COMMANDS = (eval_cmd, bench)

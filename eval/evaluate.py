@@ -13,6 +13,7 @@ import math
 import statistics
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -51,9 +52,17 @@ def _choice(q: Question, mode: str) -> str:
 
 
 def _run(ta: ToolACE, q: Question, tool_choice: str, max_tokens: int, full_text: bool) -> dict[str, Any]:
-    """One question through the model: calls (or text), validity, finish reason, latency."""
+    """One question through the model: calls (or text), validity, finish reason, latency, AST-checker verdict."""
     start = time.perf_counter()
     toolset = ta.toolset(q.functions, tool_choice)
+    out = _generate(ta, q, toolset, tool_choice, max_tokens, full_text, start)
+    verdict = check(q, out["calls"], toolset.tools)
+    return {"id": q.id, "category": q.category, "tool_choice": tool_choice, "correct": verdict.correct,
+            "reason": verdict.reason, **out, "raw": out["raw"][:RAW_CHARS_KEPT]}
+
+
+def _generate(ta: ToolACE, q: Question, toolset: Any, tool_choice: str, max_tokens: int, full_text: bool,
+              start: float) -> dict[str, Any]:
     if tool_choice == "auto" and not full_text:
         raw, result = "", None
         stream = ta.stream(q.messages, toolset, max_tokens=max_tokens)
@@ -95,12 +104,12 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "latency_median_s": statistics.median(lat) if lat else None}
 
 
-def _progress(items: list[Any], desc: str, progress: bool) -> Iterable[Any]:
+def _progress(items: Iterable[Any], desc: str, progress: bool, total: int | None = None) -> Iterable[Any]:
     if not progress:
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, unit="q", dynamic_ncols=True)
+    return tqdm(items, desc=desc, unit="q", dynamic_ncols=True, total=total)
 
 
 def _write_json(report: dict[str, Any], json_out: str | None) -> None:
@@ -116,27 +125,25 @@ def _check_max_tokens(max_tokens: int) -> None:
 
 def evaluate(model: str = "demo", data: str | None = None, categories: str = DEFAULT_CATEGORIES,
              limit: int | None = None, json_out: str | None = None, tool_choice: str = "category",
-             max_tokens: int = EVAL_MAX_TOKENS, full_text: bool = False, progress: bool = True) -> dict[str, Any]:
+             max_tokens: int = EVAL_MAX_TOKENS, full_text: bool = False, progress: bool = True,
+             parallel: int = 1) -> dict[str, Any]:
     """Run BFCL questions through `model`, score them with the AST checker, and report per category.
-    `limit` is per category (the first N questions of each)."""
+    `limit` is per category (the first N questions of each). `parallel`: questions decoded together in slots."""
     _check_max_tokens(max_tokens)
     data = data if data is not None else default_data_dir()
     questions = _questions(data, categories, limit)
     for q in questions:
         _choice(q, tool_choice)
     # Every question has its own tool set: persisting each tool prompt's KV to disk would only cost writes.
-    ta = ToolACE.load(model, kv_cache=False)
-    rows: list[dict[str, Any]] = []
-    for q in _progress(questions, "eval", progress):
-        choice = _choice(q, tool_choice)
-        out = _run(ta, q, choice, max_tokens, full_text)
-        verdict = check(q, out["calls"], ta.toolset(q.functions, choice).tools)  # the cached set: no new work
-        rows.append({"id": q.id, "category": q.category, "tool_choice": choice, "correct": verdict.correct,
-                     "reason": verdict.reason, **out, "raw": out["raw"][:RAW_CHARS_KEPT]})
+    ta = ToolACE.load(model, kv_cache=False, parallel=parallel)
+    with ThreadPoolExecutor(parallel) as pool:  # one thread per slot; map keeps the questions' order
+        rows = list(_progress(pool.map(lambda q: _run(ta, q, _choice(q, tool_choice), max_tokens, full_text),
+                                       questions), "eval", progress, len(questions)))
     cats = list(dict.fromkeys(r["category"] for r in rows))
     per_cat = {c: _summary([r for r in rows if r["category"] == c]) for c in cats}
     accs = [s["accuracy"] for s in per_cat.values() if s["accuracy"] is not None]
     report = {"model": str(model), "model_file": str(ta.model.path), "data": str(data), "limit_per_category": limit,
+              "parallel": parallel,
               "tool_choice": tool_choice,
               "tool_choice_note": "auto everywhere" if tool_choice == "auto" else
               "required in call categories, auto in irrelevance",

@@ -9,6 +9,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from toolace.errors import OutputError, ToolaceError
 from toolace.limits import MAX_CACHE_FILES, MIN_PREFIX_TOKENS
@@ -40,6 +41,8 @@ def model_digest(path: Path, index_dir: Path) -> str:
 
 
 class PromptCache:
+    """`restore`/`store` act on `model`, or on the slot given (runtime/batch.SlotModel), which shares its weights."""
+
     def __init__(self, model: Model, folder: Path | None = None) -> None:
         self.model = model
         self.folder = folder or toolace_home() / "kv-cache"
@@ -47,40 +50,42 @@ class PromptCache:
         self._digest: str | None = None
         self.hits = 0
 
-    def _path(self, prefix: Sequence[int]) -> Path:
+    def _path(self, prefix: Sequence[int], m: Any) -> Path:
         if self._digest is None:
             self._digest = model_digest(self.model.path, self.folder)
         h = hashlib.sha256(self._digest.encode())
-        h.update(b"|n_ctx=%d|" % self.model.n_ctx)
+        h.update(b"|n_ctx=%d|%s|" % (m.n_ctx, m.STATE_KIND.encode()))
         h.update(",".join(map(str, prefix)).encode())
         return self.folder / f"{h.hexdigest()[:32]}.kv"
 
-    def restore(self, prefix: Sequence[int]) -> bool:
+    def restore(self, prefix: Sequence[int], slot: Any = None) -> bool:
         """Load the prefix's KV from disk unless the live context already holds it."""
-        if len(prefix) < MIN_PREFIX_TOKENS or self.model.tokens[: len(prefix)] == list(prefix):
+        m = slot or self.model
+        if len(prefix) < MIN_PREFIX_TOKENS or m.tokens[: len(prefix)] == list(prefix):
             return False
-        path = self._path(prefix)
+        path = self._path(prefix, m)
         if not path.is_file():
             return False
-        ok = self.model.load_state(path) and self.model.tokens == list(prefix)
+        ok = m.load_state(path) and m.tokens == list(prefix)
         if not ok:
-            self.model.reset()
+            m.reset()
             return False
         os.utime(path)
         self.hits += 1
         return True
 
-    def store(self, prefix: Sequence[int]) -> None:
+    def store(self, prefix: Sequence[int], slot: Any = None) -> None:
         """Persist the prefix's KV (the context must currently start with it); truncates the context to it."""
-        if len(prefix) < MIN_PREFIX_TOKENS or self.model.tokens[: len(prefix)] != list(prefix):
+        m = slot or self.model
+        if len(prefix) < MIN_PREFIX_TOKENS or m.tokens[: len(prefix)] != list(prefix):
             return
-        path = self._path(prefix)
+        path = self._path(prefix, m)
         if path.is_file():
             return
-        self.model.truncate(len(prefix))
+        m.truncate(len(prefix))
         try:
             with atomic_output(path) as tmp:
-                self.model.save_state(tmp)
+                m.save_state(tmp)
         except ToolaceError as e:  # the cache only saves time: a full disk must not fail the answer
             log.warning("prompt cache not written: %s", e)
             return

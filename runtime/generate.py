@@ -72,6 +72,7 @@ class _Decoder:
         self.out: list[int] = []  # output tokens, in order
         self.text = ""
         self.t0 = t0  # start of prefill, for time to first token
+        self._crossing: tuple[int, int] | None = None  # (period, start) of a cycle found to span several values
 
     @property
     def room(self) -> int:
@@ -114,9 +115,12 @@ class _Decoder:
             return None
         period, repeats = found
         drop = period * (repeats - 1)
-        keep_tokens = self.out[: len(self.out) - drop - period]  # up to the first copy of the cycle
-        start = len(self._decode(keep_tokens))
+        first = len(self.out) - drop - period  # where the first copy of the cycle starts
+        if self._crossing == (period, first):
+            return None  # known to cross an argument boundary; a longer run of the same cycle still does
+        start = len(self._decode(self.out[:first]))
         if min(value_depths(self.text)[start:], default=0) < 1:
+            self._crossing = (period, first)
             return None  # the repeats cross an argument boundary: not one value (the budget still bounds it)
         kept = self._decode(self.out[: len(self.out) - drop])
         return drop, len(self.text) - len(kept)

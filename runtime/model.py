@@ -26,6 +26,7 @@ from .prompt import LLAMA3_TEMPLATE, ChatTemplate, Segment
 # depend on what the cache held (llama.cpp's results differ in the last bits with the batch size, and a different
 # split of the uncached suffix used to flip close greedy choices). The cost: up to 63 cached tokens re-evaluated.
 PREFILL_CHUNK = 64
+MIN_CONTEXT = 64  # tokens in the unused context of a model whose decoding runs in parallel slots
 
 
 def usable_cores() -> int:
@@ -50,10 +51,15 @@ def resolve_gpu_layers(n_gpu_layers: int | str) -> int:
 
 
 class Model:
-    """One GGUF loaded into llama.cpp with one context. Not thread-safe: callers serialise use."""
+    """One GGUF loaded into llama.cpp with one context. Not thread-safe: callers serialise use.
+
+    `own_context=False` (parallel slots, runtime/batch.py): the weights, vocabulary and text functions only; the
+    Batcher makes the context, and this object's own is a minimal one that decodes nothing."""
+
+    STATE_KIND = "context"  # the disk cache keys state files by kind (a whole context's state here)
 
     def __init__(self, path: str | Path, n_ctx: int = DEFAULT_N_CTX, n_gpu_layers: int | str = "auto",
-                 n_threads: int | None = None, n_batch: int = 512) -> None:
+                 n_threads: int | None = None, n_batch: int = 512, own_context: bool = True) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelFileError(f"model file not found: {self.path}")
@@ -65,14 +71,16 @@ class Model:
         threads = n_threads or default_threads()
         self.n_threads = threads
         try:
-            self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_gpu_layers=self.n_gpu_layers,
+            self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx if own_context else MIN_CONTEXT,
+                                       n_gpu_layers=self.n_gpu_layers,
                                        n_threads=threads, n_threads_batch=threads, n_batch=n_batch, verbose=False)
         except (ValueError, RuntimeError) as e:
             raise ModelFileError(f"llama.cpp could not load {self.path}: {e}") from None
         self.ctx = self.llm._ctx.ctx
         self.vocab = self.llm._model.vocab
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
-        self.n_ctx = self.llm.n_ctx()
+        self.n_ctx = self.llm.n_ctx() if own_context else n_ctx
+        self.own_context = own_context
         self.metadata: dict[str, Any] = dict(self.llm.metadata)
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self.eog_ids = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t))
@@ -167,6 +175,8 @@ class Model:
         self._chunked = min(self._chunked, n - n % PREFILL_CHUNK)
 
     def eval(self, tokens: Sequence[int]) -> None:
+        if not self.own_context:
+            raise GenerationError("this model decodes through parallel slots (runtime/batch.py), not its own context")
         if len(self._tokens) + len(tokens) > self.n_ctx:
             raise ContextLengthError(f"context full: {len(self._tokens)} + {len(tokens)} tokens > n_ctx {self.n_ctx}")
         bad = [t for t in tokens if not 0 <= t < self.n_vocab]

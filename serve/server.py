@@ -6,7 +6,8 @@ local handlers send), GET /v1/models, GET /health. Any model name is answered by
 llama-server does; the `model` field of every answer names that model.
 
 Concurrency: a bounded slot counter (waiting + running requests, `max_queue`); over it → 429. Each generation runs in
-its own worker thread (serve/worker.py) that iterates the library's generator; ToolACE.lock serialises model use."""
+its own worker thread (serve/worker.py) that iterates the library's generator; `--parallel N` slots decode up to N of
+them together (runtime/batch.py, docs/parallel.md), the rest wait for a slot. GET /slots shows the slots."""
 
 from __future__ import annotations
 
@@ -27,7 +28,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from toolace.api import CallResult, StreamEvent, ToolACE
 from toolace.errors import InputError
-from toolace.limits import DEFAULT_MAX_QUEUE, DEFAULT_N_CTX, MAX_ALIASES, MAX_BODY_BYTES, SSE_PING_SECONDS
+from toolace.limits import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_N_CTX,
+    DEFAULT_SERVE_PARALLEL,
+    MAX_ALIASES,
+    MAX_BODY_BYTES,
+    SSE_PING_SECONDS,
+)
 
 from . import responses
 from .errors import ApiError, api_error, error_body, gone_response
@@ -83,6 +91,9 @@ class App(ResponsesHandlers):
     async def health(self) -> dict[str, Any]:
         return {"status": "ok", "model": self.name, "queue": {"used": self.slots.used, "max": self.slots.limit}}
 
+    async def slot_state(self) -> dict[str, Any]:
+        return self.ta.slot_state()
+
     async def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": name, "object": "model", "created": self.created,
                                             "owned_by": "toolace", "n_ctx": self.ta.model.n_ctx}
@@ -96,7 +107,7 @@ class App(ResponsesHandlers):
         def on_exit() -> None:
             release()
             if record:
-                record["tokens_at_exit"] = len(self.ta.model.tokens)
+                record["progress_at_exit"] = self.ta.decode_progress()
 
         w = Worker(make_iter, on_exit)
         w.record = record
@@ -108,7 +119,7 @@ class App(ResponsesHandlers):
             return
         worker.stop.set()  # the worker's generator checks it before each token; the pending read stays valid
         record = worker.record
-        record["tokens_at_disconnect"] = len(self.ta.model.tokens)
+        record["progress_at_disconnect"] = self.ta.decode_progress()
         self.disconnects.append(record)
         del self.disconnects[:-100]  # the last hundred are plenty to look at
         client = request.client
@@ -235,6 +246,7 @@ def create_app(ta: ToolACE, api_key: str | None = None, max_queue: int = DEFAULT
     _error_handlers(app)
     keyed = [Depends(handlers.check_key)]
     app.add_api_route("/health", handlers.health, methods=["GET"])
+    app.add_api_route("/slots", handlers.slot_state, methods=["GET"], dependencies=keyed)
     app.add_api_route("/v1/models", handlers.models, methods=["GET"], dependencies=keyed)
     app.add_api_route("/v1/chat/completions", handlers.chat_completions, methods=["POST"], dependencies=keyed)
     app.add_api_route("/v1/responses", handlers.responses, methods=["POST"], dependencies=keyed)
@@ -291,15 +303,15 @@ def _same(path: str, other: Any) -> bool:
 
 def serve(model: str = "demo", host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           n_ctx: int = DEFAULT_N_CTX, max_queue: int = DEFAULT_MAX_QUEUE, n_gpu_layers: int | str = "auto",
-          engine: str = "llguidance", aliases: Sequence[str] = ()) -> None:
+          engine: str = "llguidance", aliases: Sequence[str] = (), parallel: int = DEFAULT_SERVE_PARALLEL) -> None:
     """Load `model` and serve it until interrupted. A non-loopback host needs an api_key. `aliases`: extra names
-    /v1/models lists (`toolace serve --alias`)."""
+    /v1/models lists (`toolace serve --alias`). `parallel`: requests decoded together, n_ctx tokens each."""
     if not is_loopback(host) and not api_key:
         raise InputError(f"refusing to bind {host} without an API key: pass api_key (or bind 127.0.0.1)")
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise InputError(f"port must be an integer in [0, 65535], got {port!r}")
     import uvicorn
 
-    ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine)
+    ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine, parallel=parallel)
     app = create_app(ta, api_key=api_key, max_queue=max_queue, aliases=model_aliases(str(model), ta, aliases))
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -24,7 +24,7 @@ def test_concurrent_clients_do_not_mix(server: Server) -> None:
     def client_run(i: int) -> list[str]:
         client = server.client()
         outcomes = []
-        for _ in range(10):
+        for _ in range(5):
             try:
                 r = client.chat.completions.create(
                     model="m", messages=[{"role": "user", "content": "Go."}], tools=LOAD_TOOLS,
@@ -40,7 +40,7 @@ def test_concurrent_clients_do_not_mix(server: Server) -> None:
 
     with ThreadPoolExecutor(8) as pool:
         results = [o for outs in pool.map(client_run, range(8)) for o in outs]
-    assert len(results) == 80 and results.count("ok") > 0
+    assert len(results) == 40 and results.count("ok") > 0
     healthy(server)
 
 

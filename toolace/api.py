@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from toolace.grammars.parser import CallParseError, StreamParser, looks_like_cal
 from toolace.grammars.schema import Tool
 from toolace.grammars.toolset import ToolSet, build_toolset
 from toolace.limits import DEFAULT_MAX_STEPS, DEFAULT_MAX_TOKENS, DEFAULT_N_CTX
+from toolace.runtime.batch import Batcher, SlotModel, check_parallel
 from toolace.runtime.cache import PromptCache
 from toolace.runtime.constraints import DEFAULT_ENGINE, ENGINES, make_constraint
 from toolace.runtime.generate import CallGrammar, GenerationStats, generate
@@ -108,11 +110,12 @@ class ChatSurface(ABC):
 class ToolACE(ChatSurface):
     """A loaded model plus everything needed to make guaranteed-valid calls with it.
 
-    Thread-safe: `lock` serialises use of the one llama.cpp context; the tool-set cache and the call memory have
-    locks of their own, so requests build their tool sets without waiting for the model."""
+    Thread-safe. With `parallel=1` `lock` serialises use of the one llama.cpp context; with `parallel=N` the model
+    decodes in N slots of one context (runtime/batch.py): concurrent calls from several threads share each decode
+    step, and a call waits only for a free slot. The tool-set cache and the call memory have locks of their own."""
 
     def __init__(self, model: Model, engine: str = DEFAULT_ENGINE, tool_role: str | None = None,
-                 kv_cache: bool = True) -> None:
+                 kv_cache: bool = True, parallel: int = 1) -> None:
         if engine not in ENGINES:
             raise InputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.model, self.engine = model, engine
@@ -122,14 +125,18 @@ class ToolACE(ChatSurface):
         self.memory = CallMemory()
         self.cache = PromptCache(model) if kv_cache else None
         self.lock = threading.Lock()
+        self.batcher = Batcher(model, parallel) if parallel > 1 or not model.own_context else None
 
     @classmethod
     def load(cls, model: str | Path = "demo", n_ctx: int = DEFAULT_N_CTX, n_gpu_layers: int | str = "auto",
              n_threads: int | None = None, engine: str = DEFAULT_ENGINE, tool_role: str | None = None,
-             kv_cache: bool = True) -> ToolACE:
-        """Load a model reference (path, 'demo', or a pulled name). kv_cache persists tool-prompt KV to disk."""
-        return cls(Model(resolve_model(model), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads),
-                   engine=engine, tool_role=tool_role, kv_cache=kv_cache)
+             kv_cache: bool = True, parallel: int = 1) -> ToolACE:
+        """Load a model reference (path, 'demo', or a pulled name). kv_cache persists tool-prompt KV to disk.
+        parallel: sequences decoded together (slots of n_ctx tokens each; docs/parallel.md)."""
+        check_parallel(parallel)
+        return cls(Model(resolve_model(model), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
+                         own_context=parallel == 1),
+                   engine=engine, tool_role=tool_role, kv_cache=kv_cache, parallel=parallel)
 
     @classmethod
     def connect(cls, base_url: str, api_key: str | None = None, model: str | None = None) -> RemoteToolACE:
@@ -138,6 +145,26 @@ class ToolACE(ChatSurface):
         from toolace.remote import RemoteToolACE
 
         return RemoteToolACE(base_url, api_key=api_key, model=model)
+
+    @contextmanager
+    def decoder(self) -> Iterator[Model | SlotModel]:
+        """Exclusive use of a sequence to decode on: the model itself under `lock`, or a free parallel slot."""
+        if self.batcher is None:
+            with self.lock:
+                yield self.model
+        else:
+            with self.batcher.slot() as slot:
+                yield slot
+
+    def decode_progress(self) -> int:
+        """Grows with decoding: tokens in the one context, or shared decode steps of the slots."""
+        return len(self.model.tokens) if self.batcher is None else self.batcher.steps
+
+    def slot_state(self) -> dict[str, Any]:
+        """Occupancy of the parallel slots and the batching counters (the server's /slots)."""
+        if self.batcher is None:
+            return {"parallel": 1, "n_ctx_per_slot": self.model.n_ctx, "busy": self.lock.locked()}
+        return self.batcher.state()
 
     # --- building blocks -------------------------------------------------------------------------------------------
     @staticmethod
@@ -182,11 +209,11 @@ class ToolACE(ChatSurface):
         gbnf = toolset.grammar.gbnf if toolset else None
         if response_format is not None:
             messages, gbnf = response_format.messages(list(messages)), response_grammar(toolset, response_format)
-        with self.lock:
-            prompt, prefix_n = self._prompt(messages, norm)
+        prompt, prefix_n = self._prompt(messages, norm)
+        constraint = make_constraint(self.engine, self.model, gbnf) if gbnf else None
+        with self.decoder() as model:
             if self.cache is not None and prefix_n:
-                self.cache.restore(prompt[:prefix_n])
-            constraint = make_constraint(self.engine, self.model, gbnf) if gbnf else None
+                self.cache.restore(prompt[:prefix_n], model)
             stats = GenerationStats()
             parser = StreamParser(norm or [])
             raw = ""
@@ -194,11 +221,11 @@ class ToolACE(ChatSurface):
                 if toolset and toolset.tool_choice != "none" else None
             if response_format is not None and gbnf:  # a JSON answer (or a call) must close within the budget too
                 guarded = CallGrammar(gbnf, guarded.tool_names if guarded else (), True)
-            for chunk in generate(self.model, prompt, constraint=constraint, sampling=sampling,
+            for chunk in generate(model, prompt, constraint=constraint, sampling=sampling,
                                   max_tokens=max_tokens, stop=stop, fast_forward=fast_forward, stats=stats,
                                   call_grammar=guarded):
                 if cancel is not None and cancel.is_set():
-                    return  # the client left: stop before the next token (the lock is released on the way out)
+                    return  # the client left: stop before the next token (lock or slot released on the way out)
                 if chunk.retract:  # a runaway value cut back: only text inside one open value, never streamed
                     raw = raw[: len(raw) - chunk.retract]
                     parser.retract(chunk.retract)
@@ -211,7 +238,7 @@ class ToolACE(ChatSurface):
                     parser.feed(chunk.text)
                     yield StreamEvent("text", text=chunk.text)
             if self.cache is not None and prefix_n:
-                self.cache.store(prompt[:prefix_n])
+                self.cache.store(prompt[:prefix_n], model)
         result = self._finish(raw, toolset, stats, response_format)
         result.warnings = list(toolset.grammar.warnings) if toolset else []
         yield StreamEvent("done", result=result)
@@ -250,8 +277,8 @@ class ToolACE(ChatSurface):
         """Raw completion of a prompt string (template markers parsed as special tokens), no grammar."""
         params = SamplingParams(**sampling)
         stats = GenerationStats()
-        with self.lock:
-            tokens = self.model.tokenize(prompt, special=True)
-            text = "".join(c.text for c in generate(self.model, tokens, constraint=None, sampling=params,
+        tokens = self.model.tokenize(prompt, special=True)
+        with self.decoder() as model:
+            text = "".join(c.text for c in generate(model, tokens, constraint=None, sampling=params,
                                                     max_tokens=max_tokens, stop=stop, stats=stats))
         return text, stats

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from toolace.edge import edge
-from toolace.limits import DEFAULT_MAX_QUEUE, DEFAULT_MAX_TOKENS, DEFAULT_N_CTX
+from toolace.limits import DEFAULT_MAX_QUEUE, DEFAULT_MAX_TOKENS, DEFAULT_N_CTX, DEFAULT_SERVE_PARALLEL
 
 
 def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -133,14 +133,16 @@ def grammar(tools_file: str, tool_choice: str, no_parallel: bool, check: str | N
               help="Requests waiting + running; more get 429 with Retry-After.")
 @click.option("--alias", "aliases", multiple=True, metavar="NAME",
               help="Another name /v1/models lists for the model (repeatable; any name is served anyway).")
+@click.option("--parallel", type=int, default=DEFAULT_SERVE_PARALLEL, show_default=True,
+              help="Requests decoded together (slots of --n-ctx tokens each); 1 = one at a time.")
 @edge
 def serve(model: str, n_ctx: int, n_gpu_layers: str, engine: str, host: str, port: int, api_key: str | None,
-          max_queue: int, aliases: tuple[str, ...]) -> None:
+          max_queue: int, aliases: tuple[str, ...], parallel: int) -> None:
     """OpenAI-compatible server: /v1/chat/completions (tools enforced), /v1/completions, /v1/models, /health."""
     from toolace.serve.server import serve as run_server
 
     run_server(model=model, host=host, port=port, api_key=api_key, n_ctx=n_ctx, max_queue=max_queue,
-               n_gpu_layers=n_gpu_layers, engine=engine, aliases=aliases)
+               n_gpu_layers=n_gpu_layers, engine=engine, aliases=aliases, parallel=parallel)
 
 
 def _register() -> None:

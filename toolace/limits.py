@@ -47,6 +47,13 @@ MAX_REMEMBERED_CALLS = 4096  # tool-call ids whose raw text is kept for exact re
 MAX_CACHE_FILES = 64  # KV state files kept in the disk prompt cache; oldest (by access) removed beyond this
 MIN_PREFIX_TOKENS = 64  # prompt prefixes shorter than this are cheaper to recompute than to load from disk
 
+# --- parallel slots (runtime/batch.py, docs/parallel.md) ------------------------------------------------------------
+MAX_PARALLEL = 64  # slots in one context; llama.cpp's own bound on sequences (LLAMA_MAX_SEQ) is 256
+DEFAULT_SERVE_PARALLEL = 4  # `toolace serve` slots, as llama-server; each holds n_ctx tokens (KV pool: N x n_ctx)
+# Seconds a step waits for every active sequence to hand in its next tokens (sampling and grammar work between
+# decodes takes ~0.1-2 ms); one that misses it is not waited for again until it submits (a slow stream reader).
+STEP_GATHER_SECONDS = 0.01
+
 # --- HTTP server -----------------------------------------------------------------------------------------------------
 MAX_BODY_BYTES = 8 * 1024 * 1024  # bytes per request body; = MAX_TOOLS_FILE_BYTES, the largest legitimate tool list
 MAX_STOP_SEQUENCES = 16  # stop strings per request (OpenAI allows 4); each is checked after every token

@@ -1,0 +1,290 @@
+"""`toolace bench serve`: concurrent clients through real HTTP servers, the same BFCL requests to each
+(docs/parallel.md).
+
+Columns, each at 1, 2, 4 and 8 clients: toolace `--parallel N` (N = clients), toolace `--parallel 1`, llama-server
+built from the same llama.cpp source with `-np N` and the same call grammar (`make llama-server`), and vLLM with the
+toolace export when its URL is given. Per level: aggregate completion tok/s, requests/s, p50/p95 latency, p50 time to
+first token, validity. Also this machine's batching ceiling: one llama_decode of N tokens against N of one."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from toolace.api import ToolACE
+from toolace.errors import InputError, ToolaceError
+from toolace.grammars.parser import Call, CallParseError, parse_calls
+from toolace.grammars.toolset import ToolSet
+from toolace.paths import atomic_output
+
+from .bfcl import Question, default_data_dir, load_questions
+
+LEVELS = (1, 2, 4, 8)
+BENCH_CATEGORIES = ("simple_python", "multiple", "parallel")
+REQUESTS_PER_CLIENT = 3  # each client sends this many requests per level: enough for a p95 at 8 clients (24)
+START_SECONDS = 300  # a server must answer /v1/models (or /health) within this
+REQUEST_SECONDS = 600  # one request, queueing included
+
+
+@dataclass(frozen=True)
+class Job:
+    """One benchmark request, in each server's form."""
+
+    question: Question
+    toolset: ToolSet
+    prompt: list[int]  # toolace's rendered prompt, for llama-server's raw /completion
+
+
+def _jobs(ta: ToolACE, data: str | None, count: int) -> list[Job]:
+    folder = data or default_data_dir()
+    if folder is None:
+        raise InputError("bench serve needs BFCL data: pass --data DIR or set TOOLACE_BFCL_DIR")
+    per_cat = -(-count // len(BENCH_CATEGORIES))
+    questions: list[Question] = []
+    for cat in BENCH_CATEGORIES:
+        questions += list(load_questions(folder, (cat,)))[:per_cat]
+    jobs = []
+    for q in questions[:count]:
+        toolset = ta.toolset(q.functions, "required")
+        jobs.append(Job(q, toolset, ta.prompt_tokens(q.messages, toolset.tools)))
+    return jobs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _server(command: list[str], ready_url: str, log: Path) -> Iterator[None]:
+    """A server subprocess in its own session, stopped (and its children) however the block ends."""
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        while True:
+            if proc.poll() is not None:
+                raise ToolaceError(f"{command[0]} exited with {proc.returncode} while starting (log: {log})")
+            try:
+                if httpx.get(ready_url, timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ToolaceError(f"{command[0]} did not start within {START_SECONDS} s (log: {log})")
+            time.sleep(0.5)
+        yield
+    finally:
+        import signal
+
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _sse(response: httpx.Response) -> Iterator[dict[str, Any]]:
+    for line in response.iter_lines():
+        if line.startswith("data: ") and line[6:].strip() != "[DONE]":
+            yield json.loads(line[6:])
+
+
+def _chat_request(url: str, model: str, job: Job, max_tokens: int) -> tuple[float | None, int, list[Call] | None]:
+    """One streamed chat completion with tools: (time to first token, completion tokens, calls or None)."""
+    tools = [{"type": "function", "function": fn} for fn in job.question.functions]
+    body = {"model": model, "messages": job.question.messages, "tools": tools, "tool_choice": "required",
+            "temperature": 0, "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
+    start, ttft, tokens = time.perf_counter(), None, 0
+    calls: dict[int, dict[str, str]] = {}
+    with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=REQUEST_SECONDS) as r:
+        r.raise_for_status()
+        for chunk in _sse(r):
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            for choice in chunk.get("choices") or []:
+                for tc in (choice.get("delta") or {}).get("tool_calls") or []:
+                    ttft = ttft or time.perf_counter() - start
+                    c = calls.setdefault(tc.get("index", 0), {"name": "", "arguments": ""})
+                    c["name"] += (tc.get("function") or {}).get("name") or ""
+                    c["arguments"] += (tc.get("function") or {}).get("arguments") or ""
+    try:
+        parsed = [Call(c["name"], json.loads(c["arguments"] or "{}")) for _, c in sorted(calls.items())]
+    except json.JSONDecodeError:
+        return ttft, tokens, None
+    return ttft, tokens, parsed or None
+
+
+def _completion_request(url: str, job: Job, max_tokens: int) -> tuple[float | None, int, list[Call] | None]:
+    """llama-server's own /completion: toolace's prompt tokens, decoded under the same call grammar."""
+    body = {"prompt": job.prompt, "n_predict": max_tokens, "temperature": 0, "grammar": job.toolset.grammar.gbnf,
+            "stream": True, "cache_prompt": True}
+    start, ttft, tokens, text = time.perf_counter(), None, 0, ""
+    with httpx.stream("POST", f"{url}/completion", json=body, timeout=REQUEST_SECONDS) as r:
+        r.raise_for_status()
+        for chunk in _sse(r):
+            if chunk.get("content"):
+                ttft = ttft or time.perf_counter() - start
+                text += chunk["content"]
+            if chunk.get("stop"):
+                tokens = int(chunk.get("tokens_predicted") or 0)
+    try:
+        return ttft, tokens, parse_calls(text, job.toolset.tools)
+    except CallParseError:
+        return ttft, tokens, None
+
+
+def _level(send: Callable[[Job], tuple[float | None, int, list[Call] | None]], jobs: list[Job],
+           clients: int) -> dict[str, Any]:
+    """`clients` threads, each sending its share of the requests one after another."""
+    rows: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    work = [jobs[i % len(jobs)] for i in range(clients * REQUESTS_PER_CLIENT)]
+
+    def client(k: int) -> None:
+        for job in work[k::clients]:
+            t0 = time.perf_counter()
+            ttft, tokens, calls = send(job)
+            row = {"latency": time.perf_counter() - t0, "ttft": ttft, "tokens": tokens,
+                   "valid": calls is not None and not job.toolset.errors(calls)}
+            with lock:
+                rows.append(row)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    lat = sorted(r["latency"] for r in rows)
+    ttfts = [r["ttft"] for r in rows if r["ttft"] is not None]
+    return {"clients": clients, "requests": len(rows), "wall_s": round(wall, 3),
+            "completion_tokens": sum(r["tokens"] for r in rows),
+            "tok_per_s": round(sum(r["tokens"] for r in rows) / wall, 2), "req_per_s": round(len(rows) / wall, 3),
+            "latency_p50_s": round(statistics.median(lat), 3),
+            "latency_p95_s": round(lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))], 3),
+            "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
+            "validity": sum(r["valid"] for r in rows) / len(rows)}
+
+
+def _toolace_column(model: str, n_ctx: int, jobs: list[Job], max_tokens: int, fixed: int | None,
+                    logs: Path) -> list[dict[str, Any]]:
+    """`toolace serve --parallel N` per level (N = clients), or one server with `--parallel fixed`."""
+    out = []
+    for clients in LEVELS:
+        port = _free_port()
+        cmd = [sys.executable, "-m", "toolace.cli", "serve", "--model", model, "--n-ctx", str(n_ctx),
+               "--port", str(port), "--parallel", str(fixed or clients)]
+        url = f"http://127.0.0.1:{port}/v1"
+        with _server(cmd, f"{url}/models", logs / f"toolace-p{fixed or clients}.log"):
+            out.append(_level(lambda j, u=url: _chat_request(u, "bench", j, max_tokens), jobs, clients))
+    return out
+
+
+def _llama_server_column(binary: str, gguf: Path, n_ctx: int, threads: int, jobs: list[Job], max_tokens: int,
+                         logs: Path) -> list[dict[str, Any]]:
+    out = []
+    for clients in LEVELS:
+        port = _free_port()
+        cmd = [binary, "-m", str(gguf), "-c", str(n_ctx * clients), "-np", str(clients), "-t", str(threads),
+               "-tb", str(threads),
+               "--host", "127.0.0.1", "--port", str(port)]  # llama-server's own defaults otherwise
+        url = f"http://127.0.0.1:{port}"
+        with _server(cmd, f"{url}/health", logs / f"llama-server-np{clients}.log"):
+            out.append(_level(lambda j, u=url: _completion_request(u, j, max_tokens), jobs, clients))
+    return out
+
+
+def _vllm_column(url: str | None, export: str | None, extra: str, jobs: list[Job], max_tokens: int,
+                 logs: Path) -> list[dict[str, Any]]:
+    """vLLM at `url`, or started from a `toolace export vllm` folder (its serve.sh) for this column only."""
+    if url is None:
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}/v1"
+        cmd = [str(Path(export or "") / "serve.sh"), "--host", "127.0.0.1", "--port", str(port), *extra.split()]
+        with _server(cmd, f"{url}/models", logs / "vllm.log"):
+            return _vllm_column(url, None, extra, jobs, max_tokens, logs)
+    model = httpx.get(f"{url}/models", timeout=30).json()["data"][0]["id"]
+    return [_level(lambda j: _chat_request(url, model, j, max_tokens), jobs, clients) for clients in LEVELS]
+
+
+def batching_ceiling(ta: ToolACE, levels: tuple[int, ...] = LEVELS, steps: int = 16) -> dict[str, float]:
+    """Throughput of one llama_decode carrying N tokens (one per sequence) over N one-token decodes, same model:
+    what batching can gain on this machine at most."""
+    from toolace.runtime.batch import Batcher, _Pending
+
+    batcher = Batcher(ta.model, max(levels))
+    try:
+        for s in batcher.slots:
+            batcher._decode([_Pending(s, list(range(1, 33)))])  # a short prompt in every sequence
+            s.tokens += list(range(1, 33))
+
+        def timed(n: int) -> float:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                batcher._decode([_Pending(s, [7]) for s in batcher.slots[:n]])
+                for s in batcher.slots[:n]:
+                    s.tokens.append(7)
+            return (time.perf_counter() - t0) / steps
+
+        times = {n: timed(n) for n in sorted({1, *levels})}
+        return {str(n): round(n * times[1] / times[n], 3) for n in levels}
+    finally:
+        batcher.close()
+
+
+def bench_serve(model: str = "demo", data: str | None = None, n_ctx: int = 2048, max_tokens: int = 128,
+                llama_server: str | None = None, vllm_url: str | None = None, vllm_export: str | None = None,
+                vllm_args: str = "", json_out: str | None = None, logs: str | None = None) -> dict[str, Any]:
+    """Run every column at 1, 2, 4 and 8 clients; return (and write) the report."""
+    ta = ToolACE.load(model, n_ctx=n_ctx, kv_cache=False)
+    jobs = _jobs(ta, data, max(LEVELS) * REQUESTS_PER_CLIENT)
+    log_dir = Path(logs or os.environ.get("TMPDIR", "/tmp")) / "toolace-bench-serve"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"model": model, "model_file": str(ta.model.path), "n_ctx_per_slot": n_ctx,
+                              "max_tokens": max_tokens, "levels": list(LEVELS), "cores": os.cpu_count(),
+                              "ceiling": batching_ceiling(ta), "columns": {}}
+    threads = ta.model.n_threads
+    del ta  # the servers below load their own copies
+    cols = report["columns"]
+    cols["toolace --parallel N"] = _toolace_column(model, n_ctx, jobs, max_tokens, None, log_dir)
+    cols["toolace --parallel 1"] = _toolace_column(model, n_ctx, jobs, max_tokens, 1, log_dir)
+    if llama_server:
+        cols["llama-server -np N"] = _llama_server_column(llama_server, Path(report["model_file"]), n_ctx, threads,
+                                                          jobs, max_tokens, log_dir)
+    if vllm_url or vllm_export:
+        cols["vLLM (toolace export)"] = _vllm_column(vllm_url.rstrip("/") if vllm_url else None, vllm_export,
+                                                     vllm_args, jobs, max_tokens, log_dir)
+    if json_out:
+        with atomic_output(Path(json_out)) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def summary(report: dict[str, Any]) -> str:
+    lines = [f"model {report['model']}  max_tokens {report['max_tokens']}  batching ceiling "
+             + "  ".join(f"N={n}: {x}x" for n, x in report["ceiling"].items())]
+    lines.append(f"{'column':<24}{'clients':>8}{'tok/s':>9}{'req/s':>8}{'p50 s':>8}{'p95 s':>8}{'ttft s':>8}"
+                 f"{'valid':>8}")
+    for name, rows in report["columns"].items():
+        for r in rows:
+            ttft = "-" if r["ttft_p50_s"] is None else f"{r['ttft_p50_s']:.2f}"
+            lines.append(f"{name:<24}{r['clients']:>8}{r['tok_per_s']:>9.1f}{r['req_per_s']:>8.2f}"
+                         f"{r['latency_p50_s']:>8.2f}{r['latency_p95_s']:>8.2f}{ttft:>8}{100 * r['validity']:>7.0f}%")
+    return "\n".join(lines)
