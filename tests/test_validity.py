@@ -12,7 +12,7 @@ from pathlib import Path
 from toolace.api import ToolACE
 from toolace.eval.bfcl import load_questions
 
-SAMPLE = 48 if not os.environ.get("TOOLACE_STRESS") else 10**6
+SAMPLE = 24 if not os.environ.get("TOOLACE_STRESS") else 10**6
 SLOTS = 4
 MAX_TOKENS = 64  # below many BFCL answers' length: the guard must close those calls, not drop them
 
