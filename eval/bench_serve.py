@@ -94,9 +94,11 @@ def _server(command: list[str], ready_url: str, log: Path) -> Iterator[None]:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
+        except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        except ProcessLookupError:
+            proc.wait()  # already gone
 
 
 def _sse(response: httpx.Response) -> Iterator[dict[str, Any]]:
@@ -189,7 +191,7 @@ def _toolace_column(model: str, n_ctx: int, jobs: list[Job], max_tokens: int, fi
     out = []
     for clients in LEVELS:
         port = _free_port()
-        cmd = [sys.executable, "-m", "toolace.cli", "serve", "--model", model, "--n-ctx", str(n_ctx),
+        cmd = [str(Path(sys.executable).parent / "toolace"), "serve", "--model", model, "--n-ctx", str(n_ctx),
                "--port", str(port), "--parallel", str(fixed or clients)]
         url = f"http://127.0.0.1:{port}/v1"
         with _server(cmd, f"{url}/models", logs / f"toolace-p{fixed or clients}.log"):
