@@ -70,10 +70,11 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _server(command: list[str], ready_url: str, log: Path) -> Iterator[None]:
+def _server(command: list[str], ready_url: str, log: Path, env: dict[str, str] | None = None) -> Iterator[None]:
     """A server subprocess in its own session, stopped (and its children) however the block ends."""
     with log.open("wb") as sink:
-        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
     try:
         deadline = time.monotonic() + START_SECONDS
         while True:
@@ -194,7 +195,9 @@ def _toolace_column(model: str, n_ctx: int, jobs: list[Job], max_tokens: int, fi
         cmd = [str(Path(sys.executable).parent / "toolace"), "serve", "--model", model, "--n-ctx", str(n_ctx),
                "--port", str(port), "--parallel", str(fixed or clients)]
         url = f"http://127.0.0.1:{port}/v1"
-        with _server(cmd, f"{url}/models", logs / f"toolace-p{fixed or clients}.log"):
+        # A fresh TOOLACE_HOME per server: no tool prompt saved to the disk cache by an earlier column is found.
+        home = {"TOOLACE_HOME": str(logs / f"home-{fixed or clients}-{port}")}
+        with _server(cmd, f"{url}/models", logs / f"toolace-p{fixed or clients}.log", home):
             out.append(_level(lambda j, u=url: _chat_request(u, "bench", j, max_tokens), jobs, clients))
     return out
 
@@ -263,6 +266,7 @@ def bench_serve(model: str = "demo", data: str | None = None, n_ctx: int = 2048,
                               "max_tokens": max_tokens, "levels": list(LEVELS), "cores": os.cpu_count(),
                               "ceiling": batching_ceiling(ta), "columns": {}}
     threads = ta.model.n_threads
+    model = str(ta.model.path)  # a path: the servers run with their own (empty) TOOLACE_HOME
     del ta  # the servers below load their own copies
     cols = report["columns"]
     cols["toolace --parallel N"] = _toolace_column(model, n_ctx, jobs, max_tokens, None, log_dir)
