@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -90,8 +91,6 @@ def _server(command: list[str], ready_url: str, log: Path, env: dict[str, str] |
             time.sleep(0.5)
         yield
     finally:
-        import signal
-
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)

@@ -21,19 +21,10 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from toolace.errors import ContextLengthError, GenerationError, InputError, ModelFileError
-from toolace.limits import MAX_PARALLEL, STEP_GATHER_SECONDS
+from toolace.errors import GenerationError, InputError, ModelFileError
+from toolace.limits import MAX_FAST_FORWARD_TOKENS, MAX_PARALLEL, STEP_GATHER_SECONDS
 
-from .model import PREFILL_CHUNK, Model
-
-
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+from .model import PREFILL_CHUNK, Model, check_eval, check_prompt, reusable_prefix
 
 
 @dataclass
@@ -66,7 +57,8 @@ class Batcher:
         self.model, self.n_slots = model, slots
         self.n_ctx = model.n_ctx  # per slot: each slot has a KV stream of n_ctx cells (docs/parallel.md)
         # A step carries at most one prompt chunk or one fast-forward run per sequence.
-        self.batch_tokens = slots * max(PREFILL_CHUNK, 64)
+        self.share = max(PREFILL_CHUNK, MAX_FAST_FORWARD_TOKENS)
+        self.batch_tokens = slots * self.share
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = self.n_ctx * slots
         params.n_batch = params.n_ubatch = self.batch_tokens
@@ -152,9 +144,9 @@ class Batcher:
         """Keep (or copy from another slot) the longest whole-chunk prefix of `tokens` already in the KV cache:
         a tool-list system prompt is evaluated once and copied to every slot that uses it."""
         with self._quiet():
-            best, src = self._reusable(s, tokens), s
+            best, src = reusable_prefix(s.tokens, s.chunked, tokens), s
             for other in self.slots:
-                n = self._reusable(other, tokens)
+                n = reusable_prefix(other.tokens, other.chunked, tokens)
                 if n > best:
                     best, src = n, other
             if src is s:
@@ -165,12 +157,6 @@ class Batcher:
             s.tokens, s.chunked = list(src.tokens), src.chunked
             self._truncate(s, best)
             return best
-
-    @staticmethod
-    def _reusable(s: _Slot, tokens: Sequence[int]) -> int:
-        """Whole chunks of `tokens` that slot `s` holds, leaving at least one token to evaluate (fresh logits)."""
-        n = min(_common(s.tokens[: s.chunked], tokens), len(tokens) - 1)
-        return n - n % PREFILL_CHUNK
 
     def chunked(self, s: _Slot, n: int) -> None:
         with self.cond:
@@ -198,15 +184,10 @@ class Batcher:
     # --- decoding -------------------------------------------------------------------------------------------------
     def eval(self, s: _Slot, tokens: Sequence[int]) -> None:
         """Evaluate `tokens` after the slot's sequence in the next shared step; returns once its logits are in."""
-        if len(s.tokens) + len(tokens) > self.n_ctx:
-            raise ContextLengthError(f"context full: {len(s.tokens)} + {len(tokens)} tokens > n_ctx {self.n_ctx}")
-        bad = [t for t in tokens if not 0 <= t < self.model.n_vocab]
-        if bad:
-            raise GenerationError(f"token id {bad[0]} outside the vocabulary (0..{self.model.n_vocab - 1})")
-        if len(tokens) > self.batch_tokens // self.n_slots:  # stays within its share of a step's batch
-            half = self.batch_tokens // self.n_slots
-            self.eval(s, tokens[:half])
-            self.eval(s, tokens[half:])
+        check_eval(len(s.tokens), tokens, self.n_ctx, self.model.n_vocab)
+        if len(tokens) > self.share:  # stays within its share of a step's batch
+            self.eval(s, tokens[: self.share])
+            self.eval(s, tokens[self.share:])
             return
         with self.cond:
             p = _Pending(s, list(tokens))
@@ -303,21 +284,15 @@ class SlotModel:
         self.batcher, self.slot, self.base = batcher, slot, batcher.model
         self.n_ctx = batcher.n_ctx
 
-    def __getattr__(self, name: str) -> Any:  # path, n_vocab, eog_ids, tokenize, token_text, lltokenizer, ...
+    def __getattr__(self, name: str) -> Any:  # path, n_vocab, eog_ids, tokenize, detokenizer, lltokenizer, ...
         return getattr(self.base, name)
-
-    def detokenizer(self) -> Any:
-        return self.base.detokenizer()
 
     @property
     def tokens(self) -> list[int]:
         return list(self.slot.tokens)
 
     def prefill(self, tokens: Sequence[int]) -> int:
-        if len(tokens) >= self.n_ctx:
-            raise ContextLengthError(f"prompt is {len(tokens)} tokens, the context holds {self.n_ctx}")
-        if not tokens:
-            raise GenerationError("empty prompt")
+        check_prompt(tokens, self.n_ctx)
         common = self.batcher.reuse(self.slot, tokens)
         for start in range(common, len(tokens), PREFILL_CHUNK):
             self.batcher.eval(self.slot, tokens[start: start + PREFILL_CHUNK])

@@ -29,6 +29,35 @@ PREFILL_CHUNK = 64
 MIN_CONTEXT = 64  # tokens in the unused context of a model whose decoding runs in parallel slots
 
 
+def reusable_prefix(held: Sequence[int], chunked: int, tokens: Sequence[int]) -> int:
+    """Tokens of `tokens` a KV cache holding `held` can keep: whole PREFILL_CHUNK chunks of the common prefix within
+    its first `chunked` (chunk-evaluated) tokens, leaving at least one token to evaluate so logits are fresh."""
+    n = 0
+    for a, b in zip(held[:chunked], tokens, strict=False):
+        if a != b:
+            break
+        n += 1
+    n = min(n, len(tokens) - 1)
+    return n - n % PREFILL_CHUNK
+
+
+def check_prompt(tokens: Sequence[int], n_ctx: int) -> None:
+    if len(tokens) >= n_ctx:
+        raise ContextLengthError(f"prompt is {len(tokens)} tokens, the context holds {n_ctx}")
+    if not tokens:
+        raise GenerationError("empty prompt")
+
+
+def check_eval(held: int, tokens: Sequence[int], n_ctx: int, n_vocab: int) -> None:
+    """Before llama.cpp sees them: the tokens fit after the `held` ones, and every id is in the vocabulary (it reads
+    out of bounds otherwise)."""
+    if held + len(tokens) > n_ctx:
+        raise ContextLengthError(f"context full: {held} + {len(tokens)} tokens > n_ctx {n_ctx}")
+    bad = [t for t in tokens if not 0 <= t < n_vocab]
+    if bad:
+        raise GenerationError(f"token id {bad[0]} outside the vocabulary (0..{n_vocab - 1})")
+
+
 def usable_cores() -> int:
     """This process's CPU affinity (taskset, container cpusets), not the machine's count."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -150,17 +179,8 @@ class Model:
     def prefill(self, tokens: Sequence[int]) -> int:
         """Make the KV cache hold exactly `tokens`, reusing the longest common prefix of whole chunks (see
         PREFILL_CHUNK); returns tokens reused."""
-        if len(tokens) >= self.n_ctx:
-            raise ContextLengthError(f"prompt is {len(tokens)} tokens, the context holds {self.n_ctx}")
-        if not tokens:
-            raise GenerationError("empty prompt")
-        common = 0
-        for a, b in zip(self._tokens, tokens, strict=False):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1, self._chunked)  # always evaluate one token so logits are fresh
-        common -= common % PREFILL_CHUNK
+        check_prompt(tokens, self.n_ctx)
+        common = reusable_prefix(self._tokens, self._chunked, tokens)
         self.truncate(common)
         for start in range(common, len(tokens), PREFILL_CHUNK):
             self.eval(tokens[start: start + PREFILL_CHUNK])
@@ -177,11 +197,7 @@ class Model:
     def eval(self, tokens: Sequence[int]) -> None:
         if not self.own_context:
             raise GenerationError("this model decodes through parallel slots (runtime/batch.py), not its own context")
-        if len(self._tokens) + len(tokens) > self.n_ctx:
-            raise ContextLengthError(f"context full: {len(self._tokens)} + {len(tokens)} tokens > n_ctx {self.n_ctx}")
-        bad = [t for t in tokens if not 0 <= t < self.n_vocab]
-        if bad:
-            raise GenerationError(f"token id {bad[0]} outside the vocabulary (0..{self.n_vocab - 1})")
+        check_eval(len(self._tokens), tokens, self.n_ctx, self.n_vocab)
         self.llm.n_tokens = len(self._tokens)
         self.llm.eval(list(tokens))
         self._tokens += list(tokens)
