@@ -136,7 +136,8 @@ def input_messages(value: Any) -> list[dict[str, Any]]:
 
 
 def _tools(value: Any) -> list[dict[str, Any]] | None:
-    """Flat function tools ({"type": "function", "name", "parameters"}) → the chat form the library reads."""
+    """Flat function tools ({"type": "function", "name", "parameters"}) → the chat form the library reads, field for
+    field (`strict` too): the same tool sent to either endpoint renders the same prompt."""
     if not value:
         return None
     if not isinstance(value, list):
@@ -149,7 +150,7 @@ def _tools(value: Any) -> list[dict[str, Any]] | None:
         unknown = sorted(set(tool) - {"type", "name", "description", "parameters", "strict"})
         if unknown:
             raise ApiError(400, f"tools[{i}]: unknown field {unknown[0]!r}", param="tools")
-        fn = {k: tool[k] for k in ("name", "description", "parameters") if tool.get(k) is not None}
+        fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
         out.append({"type": "function", "function": fn})
     return out
 

@@ -57,6 +57,20 @@ def test_function_call_and_result_turn(server: Server) -> None:
     assert answer.usage.input_tokens > r.usage.input_tokens  # the call and its result are in the prompt
 
 
+def test_same_tool_same_prompt_on_both_endpoints(server: Server) -> None:
+    """A tool in the Responses flat form renders the prompt its chat form does, field for field (`strict` too), so
+    a framework behaves the same on either endpoint; a near miss without `strict` renders a shorter prompt."""
+    flat = {k: v for k, v in WEATHER.items() if k != "type"}
+    chat = server.client().chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "Hi"}], tools=[{"type": "function", "function": flat}],
+        max_tokens=1, temperature=0)
+    resp = _create(server, input="Hi", tools=[WEATHER], max_output_tokens=16)
+    assert resp.usage.input_tokens == chat.usage.prompt_tokens
+    loose = _create(server, input="Hi", tools=[{k: v for k, v in WEATHER.items() if k != "strict"}],
+                    max_output_tokens=16)
+    assert loose.usage.input_tokens < resp.usage.input_tokens
+
+
 def test_previous_response_id_and_store(server: Server) -> None:
     first = _create(server, input="What's the weather in Paris?", tools=[WEATHER], tool_choice="required")
     call = next(o for o in first.output if o.type == "function_call")
