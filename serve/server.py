@@ -262,9 +262,12 @@ def _error_handlers(app: FastAPI) -> None:
         return _error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", code), status_code=exc.status_code,
+        where = f"{request.method} {request.url.path}"
+        message = {404: f"{where}: no such route", 405: f"{where}: method not allowed"}.get(exc.status_code,
+                                                                                           str(exc.detail))
+        return JSONResponse(error_body(message, "invalid_request_error", code), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

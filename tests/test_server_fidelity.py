@@ -1,6 +1,7 @@
 """Protocol fidelity on the real server: random unique tool-call ids that later turns re-render exactly, the
 `developer` role, `n` choices, the penalties, model names and aliases, abandoned requests cancelled at once (499),
-and greedy answers that do not depend on what the KV cache held."""
+greedy answers that do not depend on what the KV cache held, and OpenAI's error shape on unknown routes and
+methods, so SDKs raise their own typed errors with our message."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import openai
 import pytest
 
-from tests.helpers.server import TWO_TOOLS, Server, healthy, queue_drained, start_server, stop_server
+from tests.helpers.server import TWO_TOOLS, Server, error_exact, healthy, queue_drained, start_server, stop_server
 from toolace.api import ToolACE
 
 MODEL_ID = "toolace-demo"
@@ -170,3 +173,15 @@ def test_greedy_reproducible_whatever_the_cache_held(server: Server) -> None:
         _ask(server, **kw)
         outs.append(_ask(server, messages=target, max_tokens=48).choices[0].message.content)
     assert [o.encode() for o in outs] == [first.encode()] * 5
+
+
+def test_unknown_route_and_method_in_openai_shape(server: Server) -> None:
+    err = error_exact(httpx.get(f"{server.url}/v1/nope"), 404, "GET /v1/nope: no such route")
+    assert err["code"] == "not_found"
+    err = error_exact(httpx.delete(f"{server.url}/v1/chat/completions"), 405,
+                      "DELETE /v1/chat/completions: method not allowed")
+    assert err["code"] == "method_not_allowed"
+    with pytest.raises(openai.NotFoundError) as e:  # the SDK's own typed error, carrying our message
+        server.client().embeddings.create(model="demo", input="hi")
+    assert e.value.status_code == 404 and "POST /v1/embeddings: no such route" in str(e.value)
+    healthy(server)  # near miss: a known route on the same server still answers
