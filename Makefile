@@ -80,10 +80,10 @@ lint: install
 bench: install fixtures
 	$(BIN)/python bench/run.py
 
-# Concurrent clients through real servers: toolace --parallel N and 1 against llama-server -np N (same llama.cpp).
+# Concurrent clients through real servers: toolace --parallel N and 1 against llama-server -np N (same llama.cpp),
+# on SmolLM2 and the tiny Llama-3.1 fixture (bench/results/serve_*.json and .png).
 bench-serve: install fixtures $(LLAMA_SERVER)
-	$(BIN)/toolace bench serve --model demo --data $(or $(TOOLACE_BFCL_DIR),../shared/bfcl) \
-		--llama-server $(LLAMA_SERVER) --json bench/results/serve_smollm2.json
+	$(BIN)/python bench/run_serve.py $(LLAMA_SERVER)
 
 # Long fuzz and adversarial-sampling runs (>= 10,000 inputs each), with hypothesis's example counts printed.
 # (The full BFCL validity set on SmolLM2 is `toolace eval`: bench/results/eval_smollm2.json.)

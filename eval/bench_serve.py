@@ -31,6 +31,7 @@ from toolace.grammars.parser import Call, CallParseError, parse_calls
 from toolace.grammars.toolset import ToolSet
 from toolace.paths import atomic_output
 
+from .bench_serve_report import plot_report, targets
 from .bfcl import Question, default_data_dir, load_questions
 
 LEVELS = (1, 2, 4, 8)
@@ -255,8 +256,10 @@ def batching_ceiling(ta: ToolACE, levels: tuple[int, ...] = LEVELS, steps: int =
 
 def bench_serve(model: str = "demo", data: str | None = None, n_ctx: int = 2048, max_tokens: int = 128,
                 llama_server: str | None = None, vllm_url: str | None = None, vllm_export: str | None = None,
-                vllm_args: str = "", json_out: str | None = None, logs: str | None = None) -> dict[str, Any]:
-    """Run every column at 1, 2, 4 and 8 clients; return (and write) the report."""
+                vllm_args: str = "", json_out: str | None = None, logs: str | None = None,
+                plot: str | None = None) -> dict[str, Any]:
+    """Run every column at 1, 2, 4 and 8 clients; return (and write) the report, with the issue's targets checked
+    (bench_serve_report.targets) and, if asked, a PNG."""
     ta = ToolACE.load(model, n_ctx=n_ctx, kv_cache=False)
     jobs = _jobs(ta, data, max(LEVELS) * REQUESTS_PER_CLIENT)
     log_dir = Path(logs or os.environ.get("TMPDIR", "/tmp")) / "toolace-bench-serve"
@@ -276,20 +279,10 @@ def bench_serve(model: str = "demo", data: str | None = None, n_ctx: int = 2048,
     if vllm_url or vllm_export:
         cols["vLLM (toolace export)"] = _vllm_column(vllm_url.rstrip("/") if vllm_url else None, vllm_export,
                                                      vllm_args, jobs, max_tokens, log_dir)
+    report["targets"] = targets(report)
     if json_out:
         with atomic_output(Path(json_out)) as tmp:
             tmp.write_text(json.dumps(report, indent=2))
+    if plot:
+        plot_report(report, plot)
     return report
-
-
-def summary(report: dict[str, Any]) -> str:
-    lines = [f"model {report['model']}  max_tokens {report['max_tokens']}  batching ceiling "
-             + "  ".join(f"N={n}: {x}x" for n, x in report["ceiling"].items())]
-    lines.append(f"{'column':<24}{'clients':>8}{'tok/s':>9}{'req/s':>8}{'p50 s':>8}{'p95 s':>8}{'ttft s':>8}"
-                 f"{'valid':>8}")
-    for name, rows in report["columns"].items():
-        for r in rows:
-            ttft = "-" if r["ttft_p50_s"] is None else f"{r['ttft_p50_s']:.2f}"
-            lines.append(f"{name:<24}{r['clients']:>8}{r['tok_per_s']:>9.1f}{r['req_per_s']:>8.2f}"
-                         f"{r['latency_p50_s']:>8.2f}{r['latency_p95_s']:>8.2f}{ttft:>8}{100 * r['validity']:>7.0f}%")
-    return "\n".join(lines)
