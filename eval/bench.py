@@ -222,6 +222,13 @@ def _plot(report: dict[str, Any], out: str) -> None:
     axes[1].bar(["cold", "warm", "disk-warm"], [t["cold_seconds"], t["warm"]["median"], t["disk_warm"]["median"]])
     axes[1].set_ylabel("time to first token, s")
     axes[1].set_title(f"TTFT, {t['tool_prompt_tokens']}-token tool prompt")
+    save_png(fig, out)
+
+
+def save_png(fig: Any, out: str) -> None:
+    """A matplotlib figure written whole (atomically) as a PNG, then closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with atomic_output(out, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from toolace.paths import atomic_output
+from .bench import save_png
 
 PARALLEL_COLUMN = "toolace --parallel N"
 LLAMA_SERVER_COLUMN = "llama-server -np N"
@@ -78,10 +78,7 @@ def plot_report(report: dict[str, Any], out: str) -> None:
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     axes[0].legend(fontsize=7)
     axes[0].set_title(f"{Path(report['model_file']).name}, {report['cores']} cores")
-    fig.tight_layout()
-    with atomic_output(out, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_png(fig, out)
 
 
 def summary(report: dict[str, Any]) -> str:
