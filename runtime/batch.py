@@ -24,7 +24,7 @@ import numpy as np
 from toolace.errors import GenerationError, InputError, ModelFileError
 from toolace.limits import MAX_FAST_FORWARD_TOKENS, MAX_PARALLEL, STEP_GATHER_SECONDS
 
-from .model import PREFILL_CHUNK, Model, check_eval, check_prompt, reusable_prefix
+from .model import PREFILL_CHUNK, Model, check_eval, check_prompt, eval_in_chunks, reusable_prefix, whole_chunks
 
 
 @dataclass
@@ -141,7 +141,7 @@ class Batcher:
     def _truncate(self, s: _Slot, n: int) -> None:
         llama_cpp.llama_memory_seq_rm(self.mem, s.seq, n, -1)
         del s.tokens[n:]
-        s.chunked = min(s.chunked, n - n % PREFILL_CHUNK)
+        s.chunked = min(s.chunked, whole_chunks(n))
 
     def reuse(self, s: _Slot, tokens: Sequence[int]) -> int:
         """Keep (or copy from another slot) the longest whole-chunk prefix of `tokens` already in the KV cache:
@@ -181,7 +181,7 @@ class Batcher:
                 self._truncate(s, 0)
                 return False
             s.tokens = list(arr[: count.value])
-            s.chunked = count.value - count.value % PREFILL_CHUNK
+            s.chunked = whole_chunks(count.value)
             return True
 
     # --- decoding -------------------------------------------------------------------------------------------------
@@ -297,9 +297,7 @@ class SlotModel:
     def prefill(self, tokens: Sequence[int]) -> int:
         check_prompt(tokens, self.n_ctx)
         common = self.batcher.reuse(self.slot, tokens)
-        for start in range(common, len(tokens), PREFILL_CHUNK):
-            self.batcher.eval(self.slot, tokens[start: start + PREFILL_CHUNK])
-        self.batcher.chunked(self.slot, len(tokens) - len(tokens) % PREFILL_CHUNK)
+        self.batcher.chunked(self.slot, eval_in_chunks(self.eval, tokens, common))
         return common
 
     def truncate(self, n: int) -> None:

@@ -8,7 +8,7 @@ import codecs
 import ctypes
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,19 @@ PREFILL_CHUNK = 64
 MIN_CONTEXT = 64  # tokens in the unused context of a model whose decoding runs in parallel slots
 
 
+def whole_chunks(n: int) -> int:
+    """The first `n` tokens rounded down to whole PREFILL_CHUNK chunks: the part a later prompt may reuse."""
+    return n - n % PREFILL_CHUNK
+
+
+def eval_in_chunks(evaluate: Callable[[Sequence[int]], None], tokens: Sequence[int], start: int) -> int:
+    """Evaluate `tokens[start:]` (start on a chunk boundary) in PREFILL_CHUNK chunks at fixed positions; returns
+    how many leading tokens are now chunk-evaluated."""
+    for at in range(start, len(tokens), PREFILL_CHUNK):
+        evaluate(tokens[at: at + PREFILL_CHUNK])
+    return whole_chunks(len(tokens))
+
+
 def reusable_prefix(held: Sequence[int], chunked: int, tokens: Sequence[int]) -> int:
     """Tokens of `tokens` a KV cache holding `held` can keep: whole PREFILL_CHUNK chunks of the common prefix within
     its first `chunked` (chunk-evaluated) tokens, leaving at least one token to evaluate so logits are fresh."""
@@ -37,8 +50,7 @@ def reusable_prefix(held: Sequence[int], chunked: int, tokens: Sequence[int]) ->
         if a != b:
             break
         n += 1
-    n = min(n, len(tokens) - 1)
-    return n - n % PREFILL_CHUNK
+    return whole_chunks(min(n, len(tokens) - 1))
 
 
 def check_prompt(tokens: Sequence[int], n_ctx: int) -> None:
@@ -182,9 +194,7 @@ class Model:
         check_prompt(tokens, self.n_ctx)
         common = reusable_prefix(self._tokens, self._chunked, tokens)
         self.truncate(common)
-        for start in range(common, len(tokens), PREFILL_CHUNK):
-            self.eval(tokens[start: start + PREFILL_CHUNK])
-        self._chunked = len(tokens) - len(tokens) % PREFILL_CHUNK
+        self._chunked = eval_in_chunks(self.eval, tokens, common)
         return common
 
     def truncate(self, n: int) -> None:
@@ -192,7 +202,7 @@ class Model:
         llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.ctx), -1, n, -1)
         del self._tokens[n:]
         self.llm.n_tokens = n
-        self._chunked = min(self._chunked, n - n % PREFILL_CHUNK)
+        self._chunked = min(self._chunked, whole_chunks(n))
 
     def eval(self, tokens: Sequence[int]) -> None:
         if not self.own_context:
@@ -227,7 +237,7 @@ class Model:
             return False
         self._tokens = list(arr[: count.value])
         self.llm.n_tokens = count.value
-        self._chunked = count.value - count.value % PREFILL_CHUNK  # saved from a chunked prefill (PromptCache)
+        self._chunked = whole_chunks(count.value)  # saved from a chunked prefill (PromptCache)
         return True
 
 
