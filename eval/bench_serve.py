@@ -65,14 +65,15 @@ def _jobs(ta: ToolACE, data: str | None, count: int) -> list[Job]:
     return jobs
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
 @contextmanager
-def _server(command: list[str], ready_url: str, log: Path, env: dict[str, str] | None = None) -> Iterator[None]:
+def server_process(command: list[str], ready_url: str, log: Path,
+                   env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """A server subprocess in its own session, stopped (and its children) however the block ends."""
     with log.open("wb") as sink:
         proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
@@ -90,7 +91,7 @@ def _server(command: list[str], ready_url: str, log: Path, env: dict[str, str] |
             if time.monotonic() > deadline:
                 raise ToolaceError(f"{command[0]} did not start within {START_SECONDS} s (log: {log})")
             time.sleep(0.5)
-        yield
+        yield proc
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -191,13 +192,13 @@ def _toolace_column(model: str, n_ctx: int, jobs: list[Job], max_tokens: int, fi
     """`toolace serve --parallel N` per level (N = clients), or one server with `--parallel fixed`."""
     out = []
     for clients in LEVELS:
-        port = _free_port()
+        port = free_port()
         cmd = [str(Path(sys.executable).parent / "toolace"), "serve", "--model", model, "--n-ctx", str(n_ctx),
                "--port", str(port), "--parallel", str(fixed or clients)]
         url = f"http://127.0.0.1:{port}/v1"
         # A fresh TOOLACE_HOME per server: no tool prompt saved to the disk cache by an earlier column is found.
         home = {"TOOLACE_HOME": str(logs / f"home-{fixed or clients}-{port}")}
-        with _server(cmd, f"{url}/models", logs / f"toolace-p{fixed or clients}.log", home):
+        with server_process(cmd, f"{url}/models", logs / f"toolace-p{fixed or clients}.log", home):
             out.append(_level(lambda j, u=url: _chat_request(u, "bench", j, max_tokens), jobs, clients))
     return out
 
@@ -206,12 +207,12 @@ def _llama_server_column(binary: str, gguf: Path, n_ctx: int, threads: int, jobs
                          logs: Path) -> list[dict[str, Any]]:
     out = []
     for clients in LEVELS:
-        port = _free_port()
+        port = free_port()
         cmd = [binary, "-m", str(gguf), "-c", str(n_ctx * clients), "-np", str(clients), "-t", str(threads),
                "-tb", str(threads),
                "--host", "127.0.0.1", "--port", str(port)]  # llama-server's own defaults otherwise
         url = f"http://127.0.0.1:{port}"
-        with _server(cmd, f"{url}/health", logs / f"llama-server-np{clients}.log"):
+        with server_process(cmd, f"{url}/health", logs / f"llama-server-np{clients}.log"):
             out.append(_level(lambda j, u=url: _completion_request(u, j, max_tokens), jobs, clients))
     return out
 
@@ -220,10 +221,10 @@ def _vllm_column(url: str | None, export: str | None, extra: str, jobs: list[Job
                  logs: Path) -> list[dict[str, Any]]:
     """vLLM at `url`, or started from a `toolace export vllm` folder (its serve.sh) for this column only."""
     if url is None:
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}/v1"
         cmd = [str(Path(export or "") / "serve.sh"), "--host", "127.0.0.1", "--port", str(port), *extra.split()]
-        with _server(cmd, f"{url}/models", logs / "vllm.log"):
+        with server_process(cmd, f"{url}/models", logs / "vllm.log"):
             return _vllm_column(url, None, extra, jobs, max_tokens, logs)
     model = httpx.get(f"{url}/models", timeout=30).json()["data"][0]["id"]
     return [_level(lambda j: _chat_request(url, model, j, max_tokens), jobs, clients) for clients in LEVELS]

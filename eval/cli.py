@@ -10,9 +10,7 @@ import click
 from toolace.edge import edge
 from toolace.limits import DEFAULT_N_CTX
 
-from .bfcl import DATA_ENV
-from .evaluate import DEFAULT_CATEGORIES, EVAL_MAX_TOKENS, TOOL_CHOICE_MODES, evaluate
-from .evaluate import compare as run_compare
+from .defaults import DATA_ENV, DEFAULT_CATEGORIES, EVAL_MAX_TOKENS, TOOL_CHOICE_MODES
 
 
 def _pct(x: float | None) -> str:
@@ -57,6 +55,9 @@ def eval_cmd(model: str, data: str | None, categories: str, limit: int | None, j
              parallel: int) -> None:
     """Score a model on any BFCL v4 category file (accuracy, validity, latency), or --compare A B for quantization
     agreement."""
+    from toolace.eval.evaluate import compare as run_compare
+    from toolace.eval.evaluate import evaluate
+
     if compare:
         print_compare_table(run_compare(compare[0], compare[1], data=data, categories=categories, limit=limit,
                                         json_out=json_out, tool_choice=tool_choice, max_tokens=max_tokens))
@@ -132,6 +133,27 @@ def bench_serve_cmd(model: str, data: str | None, n_ctx: int, max_tokens: int, l
     click.echo(summary(bench_serve(model=model, data=data, n_ctx=n_ctx, max_tokens=max_tokens,
                                    llama_server=llama_server, vllm_url=vllm_url, vllm_export=vllm_export,
                                    vllm_args=vllm_args, json_out=json_out, logs=logs, plot=plot)))
+
+
+@bench.command("soak")
+@click.option("--model", default="demo", show_default=True, help="GGUF path, 'demo', or a pulled name.")
+@click.option("--minutes", type=float, default=5.0, show_default=True, help="How long the clients run.")
+@click.option("--clients", type=int, default=16, show_default=True, help="Concurrent client threads.")
+@click.option("--parallel", type=int, default=4, show_default=True, help="The server's slots.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the scenario mix.")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the report here.")
+@click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a PNG of RSS over time here.")
+@click.option("--logs", default=None, type=click.Path(file_okay=False), help="Folder for the server's log.")
+@edge
+def bench_soak_cmd(**kwargs: Any) -> None:
+    """A real server under valid, malformed, slow, disconnecting and cross-origin clients on loopback, for a bounded
+    time: outcomes, latency, RSS over time, slots and queue at the end. Exits 1 when a check fails."""
+    from toolace.eval.bench_soak import bench_soak, summary
+
+    report = bench_soak(**kwargs)
+    click.echo(summary(report))
+    if not report["checks"]["pass"]:
+        raise SystemExit(1)
 
 
 COMMANDS = (eval_cmd, bench)

@@ -2,7 +2,8 @@
 the grammar forces, until end of turn, max tokens or a stop string. Yields text as it is produced.
 
 With a call grammar the loop also keeps the shortest completion in reserve (runtime/budget.py, docs/budget.md), so
-a call list always closes within max_tokens, and cuts runaway values (a token cycle repeating inside one value)."""
+a call list always closes within max_tokens, and cuts runaway values (a token cycle repeating inside one value).
+With `stop_loops`, a text answer that repeats a line or sentence ends there (grammars/plan.py: prose_loop)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from toolace.errors import GenerationError, InputError
 from toolace.limits import MAX_FAST_FORWARD_TOKENS, MAX_LOOP_CUTS, MAX_MAX_TOKENS
 
-from .budget import BudgetGuard, find_loop, value_depths
+from .budget import BudgetGuard, find_loop, prose_loop
 from .constraints import Constraint
 from .model import Model
 from .sampling import Sampler, SamplingParams
@@ -35,7 +36,9 @@ class GenerationStats:
     planned_tokens: int = 0  # tokens the budget guard emitted instead of the model's
     loop_cuts: int = 0  # runaway values cut back
     rolled_back_tokens: int = 0  # decoded, then dropped by those cuts (not in completion_tokens)
+    prose_loop: bool = False  # a text answer was ended at a repeated line or sentence (also `truncated`)
     minimum_tokens: int | None = None  # the shortest complete call list for this grammar (None: no call grammar)
+    stop_sequence: str = ""  # the stop string that ended the generation, if one did
     step_grammar_ms: list[float] = field(default_factory=list, repr=False)
 
 
@@ -53,6 +56,7 @@ class CallGrammar:
     gbnf: str
     tool_names: tuple[str, ...]
     calls_only: bool  # required / named tool_choice: the output is a call list from its first token
+    json: bool = False  # the output may be a JSON value (response_format): its values are found as JSON's
 
 
 def check_max_tokens(max_tokens: int) -> int:
@@ -119,7 +123,7 @@ class _Decoder:
         if self._crossing == (period, first):
             return None  # known to cross an argument boundary; a longer run of the same cycle still does
         start = len(self._decode(self.out[:first]))
-        if min(value_depths(self.text)[start:], default=0) < 1:
+        if min(self.guard.depths(self.text)[start:], default=0) < 1:
             self._crossing = (period, first)
             return None  # the repeats cross an argument boundary: not one value (the budget still bounds it)
         kept = self._decode(self.out[: len(self.out) - drop])
@@ -156,10 +160,12 @@ class _Decoder:
 
 def generate(model: Model, prompt: Sequence[int], *, constraint: Constraint | None, sampling: SamplingParams,
              max_tokens: int, stop: Sequence[str] = (), fast_forward: bool = True,
-             stats: GenerationStats | None = None, call_grammar: CallGrammar | None = None) -> Iterator[Chunk]:
+             stats: GenerationStats | None = None, call_grammar: CallGrammar | None = None,
+             stop_loops: bool = False) -> Iterator[Chunk]:
     """Yield chunks of generated text; `stats` (if given) is filled in, finish_reason last. With `call_grammar`
     (the grammar of `constraint`), a call list always completes within the budget; a budget below the shortest
-    complete call is refused in required/named mode before anything is evaluated."""
+    complete call is refused in required/named mode before anything is evaluated. `stop_loops`: a text answer
+    (not a call list or JSON value) that repeats a line or sentence ends there, truncated."""
     check_max_tokens(max_tokens)
     sampling.check_vocab(model.n_vocab)  # before any token: a bias on id >= n_vocab would index past the logits
     st = stats if stats is not None else GenerationStats()
@@ -167,7 +173,7 @@ def generate(model: Model, prompt: Sequence[int], *, constraint: Constraint | No
     guard = None
     if call_grammar is not None and constraint is not None:
         guard = BudgetGuard(model, call_grammar.gbnf, call_grammar.tool_names, call_grammar.calls_only, max_tokens,
-                            model.n_ctx - len(prompt))
+                            model.n_ctx - len(prompt), call_grammar.json)
         st.minimum_tokens = guard.minimum
     t0 = time.perf_counter()
     st.prompt_tokens = len(prompt)
@@ -199,13 +205,18 @@ def generate(model: Model, prompt: Sequence[int], *, constraint: Constraint | No
                 constraint.discard()  # the model's token was checked (maybe consumed) but not taken
         if tokens is None:  # the plan ends the turn here (the grammar accepts)
             break
-        yield dec.emit(tokens, forced=len(tokens) > 1 or (bool(forced) and not planned))
+        chunk = dec.emit(tokens, forced=len(tokens) > 1 or (bool(forced) and not planned))
+        yield chunk
         if not forced and not planned:
             cut = dec.runaway()
             if cut is not None:
                 yield dec.cut_back(*cut)
+        if stop_loops and (guard is None or guard.mode == "text") and prose_loop(dec.text, chunk.text):
+            st.truncated = st.prose_loop = True  # already streamed: the answer ends after the repeat, not before
+            break
         if dec.hit_stop():
             st.finish_reason = "stop"
+            st.stop_sequence = next(s for s in dec.stop if s and s in dec.text)  # which one (Anthropic reports it)
             break
     if guard is not None and guard.active and dec.room == 0:
         if not guard.accepting():

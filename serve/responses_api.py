@@ -7,18 +7,14 @@ keys), or refused with a 400 naming it when set; a field OpenAI does not define 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from toolace.api import ToolACE
-from toolace.grammars.json_schema import ResponseFormat
-from toolace.grammars.toolset import ToolSet
-from toolace.limits import DEFAULT_MAX_TOKENS, MAX_STORED_RESPONSES
+from toolace.limits import MAX_STORED_RESPONSES
 from toolace.lru import LRU
-from toolace.runtime.generate import check_max_tokens
 
 from .errors import ApiError
-from .requests import sampling_of
+from .request_model import EngineRequest, engine_request, flag
 from .structured import text_format
 
 HONOURED = {"model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "text",
@@ -58,19 +54,6 @@ class ResponseStore(LRU[str, Stored]):
 
     def __init__(self, size: int = MAX_STORED_RESPONSES) -> None:
         super().__init__(size)
-
-
-@dataclass
-class ResponsesRequest:
-    """A checked /v1/responses body as library arguments, plus what the Response object echoes."""
-
-    messages: list[dict[str, Any]]  # instructions first, then the stored conversation, then the input
-    history: list[dict[str, Any]]  # the conversation without instructions: what a stored response keeps
-    toolset: ToolSet | None
-    options: dict[str, Any]
-    stream: bool
-    store: bool
-    echo: dict[str, Any] = field(default_factory=dict)  # request fields the Response object repeats
 
 
 def _text_of(content: Any, where: str) -> str:
@@ -178,36 +161,25 @@ def _history(body: dict[str, Any], store: ResponseStore) -> list[dict[str, Any]]
     return [dict(m) for m in hit.messages]
 
 
-def _flag(body: dict[str, Any], name: str, default: bool) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise ApiError(400, f"{name} must be a boolean", param=name)
-    return value
-
-
-def responses_request(body: dict[str, Any], store: ResponseStore) -> ResponsesRequest:
+def responses_request(body: dict[str, Any], store: ResponseStore) -> EngineRequest:
+    """/v1/responses → the request model; `echo` holds what the Response object repeats, `history` (in echo) the
+    conversation a stored response keeps."""
     check_fields(body)
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise ApiError(400, "instructions must be a string", param="instructions")
     history = _history(body, store) + input_messages(body.get("input"))
     messages = ([{"role": "system", "content": instructions}] if instructions else []) + history
-    tools, choice = _tools(body.get("tools")), _tool_choice(body.get("tool_choice"))
-    parallel = _flag(body, "parallel_tool_calls", True)
-    if tools is None and choice not in ("auto", "none"):
-        raise ApiError(400, f"tool_choice {choice!r} needs tools", param="tool_choice")
-    toolset = ToolACE.toolset(tools, choice, parallel) if tools else None
-    fmt: ResponseFormat | None = text_format(body.get("text"))
     limit = body.get("max_output_tokens")
-    sampling = sampling_of({"temperature": body.get("temperature"), "top_p": body.get("top_p")})
-    options = dict(max_tokens=DEFAULT_MAX_TOKENS if limit is None else check_max_tokens(limit),
-                   response_format=fmt, **sampling)
-    echo = {"instructions": instructions, "tools": body.get("tools") or [], "tool_choice": body.get("tool_choice")
-            or "auto", "parallel_tool_calls": parallel, "temperature": sampling["temperature"],
-            "top_p": sampling["top_p"], "max_output_tokens": limit, "metadata": body.get("metadata") or {},
-            "previous_response_id": body.get("previous_response_id"), "user": body.get("user"),
-            "text": body.get("text") or {"format": {"type": "text"}}}
-    return ResponsesRequest(messages, history, toolset, options, _flag(body, "stream", False),
-                            _flag(body, "store", True), echo)
+    req = engine_request(messages, tools=_tools(body.get("tools")), tool_choice=_tool_choice(body.get("tool_choice")),
+                         parallel_tool_calls=body.get("parallel_tool_calls"),
+                         response_format=text_format(body.get("text")), max_tokens=limit,
+                         sampling={"temperature": body.get("temperature"), "top_p": body.get("top_p")},
+                         stream=body.get("stream"), where={"max_tokens": "max_output_tokens"})
+    req.echo = {"instructions": instructions, "tools": body.get("tools") or [], "tool_choice": body.get("tool_choice")
+                or "auto", "parallel_tool_calls": flag(body.get("parallel_tool_calls"), "parallel_tool_calls", True),
+                "temperature": req.options["temperature"], "top_p": req.options["top_p"], "max_output_tokens": limit,
+                "metadata": body.get("metadata") or {}, "previous_response_id": body.get("previous_response_id"),
+                "user": body.get("user"), "text": body.get("text") or {"format": {"type": "text"}}}
+    req.keep = {"history": history, "store": flag(body.get("store"), "store", True)}
+    return req

@@ -13,8 +13,8 @@ from toolace.api import CallResult, StreamEvent
 from toolace.runtime.generate import GenerationStats
 from toolace.runtime.history import CallMemory, call_id
 
+from .request_model import EngineRequest
 from .responses import arguments_json, content_of, extension
-from .responses_api import ResponsesRequest
 
 
 def new_id(prefix: str) -> str:
@@ -50,14 +50,14 @@ def output_items(result: CallResult) -> list[dict[str, Any]]:
     return [message_item(content_of(result) or "", new_id("msg"))]
 
 
-def conversation(req: ResponsesRequest, output: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def conversation(req: EngineRequest, output: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What `previous_response_id` continues from: the request's conversation, then this response's output."""
     calls = [{"id": it["call_id"], "type": "function", "function": {"name": it["name"], "arguments": it["arguments"]}}
              for it in output if it["type"] == "function_call"]
     if calls:
-        return [*req.history, {"role": "assistant", "content": None, "tool_calls": calls}]
+        return [*req.keep["history"], {"role": "assistant", "content": None, "tool_calls": calls}]
     text = "".join(p["text"] for it in output if it["type"] == "message" for p in it["content"])
-    return [*req.history, {"role": "assistant", "content": text}]
+    return [*req.keep["history"], {"role": "assistant", "content": text}]
 
 
 @dataclass
@@ -67,7 +67,7 @@ class ResponseShape:
     rid: str
     created: int
     model: str
-    req: ResponsesRequest
+    req: EngineRequest
 
     def body(self, output: list[dict[str, Any]], status: str, result: CallResult | None = None) -> dict[str, Any]:
         incomplete = result is not None and result.finish_reason == "length" and not result.calls
@@ -77,7 +77,7 @@ class ResponseShape:
             "id": self.rid, "object": "response", "created_at": self.created, "model": self.model,
             "status": status, "error": None,
             "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
-            "output": output, "usage": usage(result.stats if result else None), "store": self.req.store,
+            "output": output, "usage": usage(result.stats if result else None), "store": self.req.keep["store"],
             "truncation": "disabled", "reasoning": None, "background": False,
             "completed_at": int(time.time()) if status != "in_progress" else None,
             **self.req.echo,

@@ -16,7 +16,8 @@ from toolace.api import CallResult, ToolACE
 from toolace.limits import SSE_PING_SECONDS
 
 from .errors import api_error, error_body, gone_response
-from .responses_api import ResponsesRequest, ResponseStore, Stored, responses_request
+from .request_model import EngineRequest
+from .responses_api import ResponseStore, Stored, responses_request
 from .responses_output import ResponseShape, ResponsesStream, conversation, new_id, output_items
 
 if TYPE_CHECKING:
@@ -52,8 +53,8 @@ class ResponsesHandlers:
         return EventSourceResponse(self._responses_sse(worker, request, first, stream), ping=SSE_PING_SECONDS,
                                    sep="\n")
 
-    def _keep(self, rid: str, req: ResponsesRequest, output: list[dict[str, Any]]) -> None:
-        if req.store:
+    def _keep(self, rid: str, req: EngineRequest, output: list[dict[str, Any]]) -> None:
+        if req.keep["store"]:
             self.store.put(rid, Stored(conversation(req, output)))
 
     async def _responses_sse(self, worker: Worker, request: Request, item: tuple[str, Any],

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import secrets
@@ -24,22 +23,31 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from toolace.api import CallResult, StreamEvent, ToolACE
 from toolace.errors import InputError
 from toolace.limits import (
+    BODY_READ_SECONDS,
+    COMPILE_THREADS,
     DEFAULT_MAX_QUEUE,
     DEFAULT_N_CTX,
+    DEFAULT_REQUEST_TIMEOUT_SECONDS,
     DEFAULT_SERVE_PARALLEL,
     MAX_ALIASES,
     MAX_BODY_BYTES,
+    MAX_REQUEST_TIMEOUT_SECONDS,
     SSE_PING_SECONDS,
 )
+from toolace.runtime.kv_types import DEFAULT_KV_TYPE
 
 from . import responses
-from .errors import ApiError, api_error, error_body, gone_response
-from .requests import ChatRequest, chat_request, completion_request, read_json, refuse_fields
+from .anthropic_route import AnthropicHandlers
+from .boundary import Boundary, check_allowed_hosts, check_cors_origins, is_loopback, resolve_api_key
+from .errors import ApiError, api_error, dialect_error, error_body, gone_response, install_error_handlers
+from .ollama_route import OllamaHandlers
+from .ollama_store import OllamaStoreHandlers
+from .request_model import EngineRequest
+from .requests import chat_request, completion_request, read_json, refuse_fields
 from .responses_api import ResponseStore
 from .responses_route import ResponsesHandlers
 from .worker import Slots, Worker, watch_disconnect
@@ -47,49 +55,60 @@ from .worker import Slots, Worker, watch_disconnect
 access_log = logging.getLogger("uvicorn.access")
 
 
-def _error_response(err: ApiError) -> JSONResponse:
-    return JSONResponse(error_body(err.message, err.type, err.code, err.param), status_code=err.status,
-                        headers=err.headers)
-
-
 def _data(body: dict[str, Any]) -> dict[str, str]:
     return {"data": json.dumps(body, ensure_ascii=False)}
 
 
-class App(ResponsesHandlers):
+class App(ResponsesHandlers, OllamaHandlers, OllamaStoreHandlers, AnthropicHandlers):
     """The handlers, one page each; request parsing and response shaping are plain functions in requests.py and
     responses.py."""
 
     def __init__(self, ta: ToolACE, api_key: str | None, max_queue: int, max_body_bytes: int, name: str,
-                 aliases: Sequence[str] = ()) -> None:
+                 aliases: Sequence[str] = (), body_timeout: float = BODY_READ_SECONDS,
+                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT_SECONDS) -> None:
         self.ta, self.api_key, self.max_body_bytes, self.name = ta, api_key, max_body_bytes, name
+        self.body_timeout, self.request_timeout = body_timeout, request_timeout
+        self.compiling = asyncio.Semaphore(COMPILE_THREADS)
+        self.parsing = 0  # requests whose body is being checked and compiled (or waiting for a compile thread)
         self.aliases = [a for a in dict.fromkeys(aliases) if a != name]
         self.slots = Slots(max_queue)
         self.created = int(time.time())
         self.store = ResponseStore()
         self.disconnects: list[dict[str, int]] = []  # per abandoned request: model tokens at disconnect and at exit
+        self.refused: dict[str, int] = {}  # requests the browser boundary turned away, by reason
+        self.live: set[Worker] = set()  # running generations, so a shutdown can cancel them all
 
     def check_key(self, request: Request) -> None:
         if self.api_key is None:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
+        if scheme.lower() != "bearer":  # Anthropic's clients send the key as x-api-key
+            given = request.headers.get("x-api-key", "")
+        if not hmac.compare_digest(given.strip().encode(), self.api_key.encode()):
+            raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY' or 'x-api-key: KEY')",
                            "invalid_request_error", "invalid_api_key")
 
     async def admit(self, request: Request, parse: Callable[[dict[str, Any]], Any]) -> tuple[Any, Callable[[], None]]:
-        """Take a queue slot (429 when full), then read and check the body; the slot is freed on any error."""
+        """Take a queue slot (429 when full), then read (within the body timeout) and check the body; tool sets and
+        schemas compile in a worker thread, so a huge one never stalls the event loop. The slot is freed on any
+        error."""
         release = self.slots.acquire()
         try:
-            body = await read_json(request, self.max_body_bytes)
+            body = await read_json(request, self.max_body_bytes, self.body_timeout)
             refuse_fields(body)
-            return parse(body), release
+            self.parsing += 1
+            try:
+                async with self.compiling:
+                    return await asyncio.to_thread(parse, body), release
+            finally:
+                self.parsing -= 1
         except BaseException as e:
             release()
             raise api_error(e) from None
 
     async def health(self) -> dict[str, Any]:
-        return {"status": "ok", "model": self.name, "queue": {"used": self.slots.used, "max": self.slots.limit}}
+        return {"status": "ok", "model": self.name, "queue": {"used": self.slots.used, "max": self.slots.limit},
+                "compiling": self.parsing, "refused": self.refused}
 
     async def slot_state(self) -> dict[str, Any]:
         return self.ta.slot_state()
@@ -106,12 +125,20 @@ class App(ResponsesHandlers):
 
         def on_exit() -> None:
             release()
+            self.live.discard(w)
             if record:
                 record["progress_at_exit"] = self.ta.decode_progress()
 
-        w = Worker(make_iter, on_exit)
+        w = Worker(make_iter, on_exit, self.request_timeout)
         w.record = record
+        self.live.add(w)
         return w
+
+    def cancel_all(self) -> None:
+        """Stop every running generation before its next token (server shutdown). Called from a signal handler or
+        a thread: it only sets events."""
+        for w in list(self.live):
+            w.stop.set()
 
     def gone(self, request: Request, worker: Worker) -> None:
         """The client of a running request hung up: stop its generation (before the next token) and log a 499."""
@@ -126,30 +153,34 @@ class App(ResponsesHandlers):
         access_log.info('%s - "%s %s HTTP/%s" %d', f"{client.host}:{client.port}" if client else "-",
                         request.method, request.url.path, request.scope.get("http_version", "1.1"), 499)
 
-    async def collect(self, request: Request, worker: Worker) -> list[CallResult] | None:
-        """Every result of a non-stream request, in order; None when the client left first. The disconnect is
-        watched as it happens (not polled), so the generation stops within one decode step."""
+    async def collect(self, request: Request, worker: Worker,
+                      pick: Callable[[Any], Any] = lambda v: _done_result(v)) -> list[Any] | None:
+        """What `pick` keeps of every item of a non-stream request, in order; None when the client left first. The
+        disconnect is watched as it happens (not polled), so the generation stops within one decode step; past the
+        request's deadline the generation is stopped and the answer is a 504."""
         watcher = asyncio.ensure_future(watch_disconnect(request, lambda: self.gone(request, worker)))
         try:
-            results: list[CallResult] = []
+            results: list[Any] = []
             item = await worker.first(request)
             while True:
                 kind, value = item
                 if kind == "error":
                     raise api_error(value, started=True)
+                if kind == "timeout":
+                    raise worker.timeout_error()
                 if kind == "gone" or (kind == "end" and worker.stop.is_set()):
                     return None
                 if kind == "end":
                     return results
-                ev = value[1] if isinstance(value, tuple) else value
-                if isinstance(ev, StreamEvent) and ev.kind == "done" and ev.result is not None:
-                    results.append(ev.result)
+                kept = pick(value)
+                if kept is not None:
+                    results.append(kept)
                 item = await worker.next(request)
         finally:
             watcher.cancel()
 
     # --- chat ---------------------------------------------------------------------------------------------------------
-    def _choices(self, req: ChatRequest) -> Callable[[Any], Iterator[tuple[int, StreamEvent]]]:
+    def _choices(self, req: EngineRequest) -> Callable[[Any], Iterator[tuple[int, StreamEvent]]]:
         """The `n` generations, one after another, as (choice index, event); a given seed is varied per choice."""
         def run(stop: Any) -> Iterator[tuple[int, StreamEvent]]:
             for i in range(req.n):
@@ -176,7 +207,7 @@ class App(ResponsesHandlers):
         return EventSourceResponse(self._sse(worker, request, first, streams, req), ping=SSE_PING_SECONDS, sep="\n")
 
     async def _sse(self, worker: Worker, request: Request, item: tuple[str, Any],
-                   streams: list[responses.ChatStream], req: ChatRequest) -> AsyncIterator[dict[str, str]]:
+                   streams: list[responses.ChatStream], req: EngineRequest) -> AsyncIterator[dict[str, str]]:
         started: set[int] = set()
         done: list[CallResult] = []
         try:
@@ -184,8 +215,8 @@ class App(ResponsesHandlers):
                 kind, value = item
                 if kind == "gone":
                     return
-                if kind == "error":
-                    err = api_error(value, started=True)
+                if kind in ("error", "timeout"):
+                    err = api_error(value, started=True) if kind == "error" else worker.timeout_error()
                     yield _data(error_body(err.message, err.type, err.code))
                     yield {"data": "[DONE]"}
                     return
@@ -211,12 +242,18 @@ class App(ResponsesHandlers):
 
     async def completions(self, request: Request) -> Any:
         (prompt, opts), release = await self.admit(request, completion_request)
-        worker = Worker(lambda _stop: [self.ta.complete(prompt, **opts)], release)
-        kind, value = await worker.first(request)
-        if kind == "gone":
+        worker = self.worker(lambda stop: [self.ta.complete(prompt, cancel=stop, **opts)], release)
+        results = await self.collect(request, worker, pick=lambda v: v)
+        if results is None:
             return gone_response()
-        text, stats = value
+        text, stats = results[0]
         return JSONResponse(responses.text_completion(text, stats, self.name, int(time.time())))
+
+
+def _done_result(value: Any) -> CallResult | None:
+    """The result a chat or Responses stream ends with: the `done` event's, from (choice, event) or an event."""
+    ev = value[1] if isinstance(value, tuple) else value
+    return ev.result if isinstance(ev, StreamEvent) and ev.kind == "done" else None
 
 
 def _summed(results: list[CallResult]) -> Any:
@@ -228,9 +265,13 @@ def _summed(results: list[CallResult]) -> Any:
 
 def create_app(ta: ToolACE, api_key: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
                max_body_bytes: int = MAX_BODY_BYTES, model_id: str | None = None,
-               aliases: Sequence[str] = ()) -> FastAPI:
+               aliases: Sequence[str] = (), host: str = "127.0.0.1", allowed_hosts: Sequence[str] = (),
+               cors_origins: Sequence[str] = (), body_timeout: float = BODY_READ_SECONDS,
+               request_timeout: float = DEFAULT_REQUEST_TIMEOUT_SECONDS) -> FastAPI:
     """The FastAPI app serving `ta`. `api_key`: require `Authorization: Bearer KEY` on /v1/*. `aliases`: more
-    names /v1/models lists for the model (every name is served by it anyway)."""
+    names /v1/models lists for the model (every name is served by it anyway). `host`, `allowed_hosts`,
+    `cors_origins`: the browser boundary (serve/boundary.py). `body_timeout`: seconds to send a body (408);
+    `request_timeout`: seconds from admission to the last byte (504)."""
     if not isinstance(max_queue, int) or max_queue < 1:
         raise InputError(f"max_queue must be a positive integer, got {max_queue!r}")
     if not isinstance(max_body_bytes, int) or max_body_bytes < 1024:
@@ -239,11 +280,18 @@ def create_app(ta: ToolACE, api_key: str | None = None, max_queue: int = DEFAULT
         raise InputError("api_key must be a non-empty string (or None for no key)")
     if len(aliases) > MAX_ALIASES or not all(isinstance(a, str) and a.strip() for a in aliases):
         raise InputError(f"aliases: at most {MAX_ALIASES} non-empty names")
-    handlers = App(ta, api_key, max_queue, max_body_bytes, model_id or ta.model.path.stem, aliases)
+    for name, seconds in (("body_timeout", body_timeout), ("request_timeout", request_timeout)):
+        if not isinstance(seconds, (int, float)) or not 0 < seconds <= MAX_REQUEST_TIMEOUT_SECONDS:
+            raise InputError(f"{name} must be a number of seconds in (0, {MAX_REQUEST_TIMEOUT_SECONDS:g}], "
+                             f"got {seconds!r}")
+    handlers = App(ta, api_key, max_queue, max_body_bytes, model_id or ta.model.path.stem, aliases,
+                   float(body_timeout), float(request_timeout))
     app = FastAPI(title="toolace", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Boundary, bind_host=host, allowed_hosts=allowed_hosts, cors_origins=cors_origins,
+                       refused=handlers.refused, error_shape=dialect_error)
     app.state.slots = handlers.slots
     app.state.handlers = handlers
-    _error_handlers(app)
+    install_error_handlers(app)
     keyed = [Depends(handlers.check_key)]
     app.add_api_route("/health", handlers.health, methods=["GET"])
     app.add_api_route("/slots", handlers.slot_state, methods=["GET"], dependencies=keyed)
@@ -251,37 +299,20 @@ def create_app(ta: ToolACE, api_key: str | None = None, max_queue: int = DEFAULT
     app.add_api_route("/v1/chat/completions", handlers.chat_completions, methods=["POST"], dependencies=keyed)
     app.add_api_route("/v1/responses", handlers.responses, methods=["POST"], dependencies=keyed)
     app.add_api_route("/v1/completions", handlers.completions, methods=["POST"], dependencies=keyed)
+    _dialect_routes(app, handlers, keyed)
     return app
 
 
-def _error_handlers(app: FastAPI) -> None:
-    """Every error in OpenAI's shape, unknown routes and methods (404/405) included."""
-
-    @app.exception_handler(ApiError)
-    async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return _error_response(exc)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        where = f"{request.method} {request.url.path}"
-        message = {404: f"{where}: no such route", 405: f"{where}: method not allowed"}.get(exc.status_code,
-                                                                                           str(exc.detail))
-        return JSONResponse(error_body(message, "invalid_request_error", code), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> JSONResponse:
-        return _error_response(api_error(exc))
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _dialect_routes(app: FastAPI, h: App, keyed: list[Any]) -> None:
+    """Ollama's /api/* and Anthropic's /v1/messages on the same engine (docs/dialects.md)."""
+    app.add_api_route("/api/version", h.ollama_version, methods=["GET"])
+    for path, handler, method in (("/api/tags", h.ollama_tags, "GET"), ("/api/ps", h.ollama_ps, "GET"),
+                                  ("/api/show", h.ollama_show, "POST"), ("/api/chat", h.ollama_chat, "POST"),
+                                  ("/api/generate", h.ollama_generate, "POST"), ("/api/embed", h.ollama_embed, "POST"),
+                                  ("/api/embeddings", h.ollama_embed, "POST"), ("/api/pull", h.ollama_pull, "POST"),
+                                  ("/api/delete", h.ollama_delete, "DELETE"), ("/v1/messages", h.messages, "POST"),
+                                  ("/v1/messages/count_tokens", h.count_tokens, "POST")):
+        app.add_api_route(path, handler, methods=[method], dependencies=keyed)
 
 
 def model_aliases(ref: str, ta: ToolACE, extra: Sequence[str] = ()) -> list[str]:
@@ -306,15 +337,31 @@ def _same(path: str, other: Any) -> bool:
 
 def serve(model: str = "demo", host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           n_ctx: int = DEFAULT_N_CTX, max_queue: int = DEFAULT_MAX_QUEUE, n_gpu_layers: int | str = "auto",
-          engine: str = "llguidance", aliases: Sequence[str] = (), parallel: int = DEFAULT_SERVE_PARALLEL) -> None:
-    """Load `model` and serve it until interrupted. A non-loopback host needs an api_key. `aliases`: extra names
-    /v1/models lists (`toolace serve --alias`). `parallel`: requests decoded together, n_ctx tokens each."""
+          engine: str = "llguidance", aliases: Sequence[str] = (), parallel: int = DEFAULT_SERVE_PARALLEL,
+          api_key_file: str | None = None, allowed_hosts: Sequence[str] = (), cors_origins: Sequence[str] = (),
+          request_timeout: float = DEFAULT_REQUEST_TIMEOUT_SECONDS, ready_file: str | None = None,
+          parent_pid: int | None = None, kv_type: str = DEFAULT_KV_TYPE, cache_max_bytes: int | None = None) -> None:
+    """Load `model` and serve it until SIGTERM/Ctrl-C (or `parent_pid`'s exit). A non-loopback host needs an API
+    key: `api_key`, else the first line of `api_key_file`, else $TOOLACE_API_KEY (a file or the environment keeps it
+    out of `ps`). `port` 0 picks a free port; once ready, one JSON line `{"url", "pid", "model"}` is printed (and
+    written to `ready_file`): docs/embedding.md. `aliases`: extra names /v1/models lists. `parallel`: requests
+    decoded together, n_ctx tokens each. `allowed_hosts`, `cors_origins`, `request_timeout`: see create_app."""
+    from .sidecar import bind, check_parent, run
+
+    api_key = resolve_api_key(api_key, api_key_file)
     if not is_loopback(host) and not api_key:
         raise InputError(f"refusing to bind {host} without an API key: pass api_key (or bind 127.0.0.1)")
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise InputError(f"port must be an integer in [0, 65535], got {port!r}")
-    import uvicorn
-
-    ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine, parallel=parallel)
-    app = create_app(ta, api_key=api_key, max_queue=max_queue, aliases=model_aliases(str(model), ta, aliases))
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    check_allowed_hosts(allowed_hosts), check_cors_origins(cors_origins)  # bad flags fail before the model loads
+    check_parent(parent_pid)
+    sock = bind(host, port)
+    try:
+        ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine, parallel=parallel,
+                          kv_type=kv_type, cache_max_bytes=cache_max_bytes)
+        names = model_aliases(str(model), ta, aliases)
+        app = create_app(ta, api_key=api_key, max_queue=max_queue, aliases=names, host=host,
+                         allowed_hosts=allowed_hosts, cors_origins=cors_origins, request_timeout=request_timeout)
+        run(app, sock, app.state.handlers.name, app.state.handlers.cancel_all, ready_file, parent_pid)
+    finally:
+        sock.close()

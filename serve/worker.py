@@ -44,8 +44,11 @@ class Worker:
     """Runs a (blocking) iterator in its own thread and hands its items to the event loop as (kind, value):
     ("item", x), ("end", None), ("error", exc), or ("gone", None) once the client disconnected."""
 
-    def __init__(self, make_iter: Callable[[threading.Event], Iterable[Any]], on_exit: Callable[[], None]) -> None:
+    def __init__(self, make_iter: Callable[[threading.Event], Iterable[Any]], on_exit: Callable[[], None],
+                 timeout: float | None = None) -> None:
         self.loop = asyncio.get_running_loop()
+        self.deadline = None if timeout is None else self.loop.time() + timeout  # the request's, queue wait included
+        self.timeout = timeout
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.stop = threading.Event()
         self.finished = threading.Event()  # the generator is closed (the model is free)
@@ -81,18 +84,25 @@ class Worker:
                 self.loop.call_soon_threadsafe(self._on_exit)
 
     async def next(self, request: Request) -> tuple[str, Any]:
-        """The next item; ("gone", None) once the client disconnected (the worker is told to stop)."""
+        """The next item; ("gone", None) once the client disconnected, ("timeout", None) once the request's deadline
+        passed (either way the worker is told to stop)."""
         while True:
             if self._get is None:
                 self._get = asyncio.ensure_future(self.queue.get())
+            wait = DISCONNECT_POLL_SECONDS
+            if self.deadline is not None:
+                wait = min(wait, max(0.0, self.deadline - self.loop.time()))
             try:
-                done, _ = await asyncio.wait({self._get}, timeout=DISCONNECT_POLL_SECONDS)
+                done, _ = await asyncio.wait({self._get}, timeout=wait)
             except asyncio.CancelledError:
                 self.cancel()
                 raise
             if done:
                 task, self._get = self._get, None
                 return task.result()
+            if self.deadline is not None and self.loop.time() >= self.deadline:
+                self.cancel()
+                return ("timeout", None)
             if await request.is_disconnected():
                 self.cancel()
                 return ("gone", None)
@@ -106,7 +116,13 @@ class Worker:
             raise
         if first[0] == "error":
             raise api_error(first[1])
+        if first[0] == "timeout":
+            raise self.timeout_error()
         return first
+
+    def timeout_error(self) -> ApiError:
+        return ApiError(504, f"the request ran past its deadline of {self.timeout:g} s (--request-timeout) and was "
+                             "stopped", "server_error", "request_timeout")
 
     def cancel(self) -> None:
         self.stop.set()

@@ -5,26 +5,16 @@ test_server_concurrency.py; structured outputs, the Responses API, agent framewo
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from openai import OpenAI
 
-from tests.helpers.server import QUESTION, TWO_TOOLS, Server, chat, healthy, start_server, stop_server
-from toolace.api import ToolACE
+from tests.helpers.server import QUESTION, TWO_TOOLS, Server, chat, healthy
 from toolace.errors import InputError
 from toolace.grammars.schema import normalise_tools
 from toolace.runtime.prompt import system_prompt
 from toolace.serve.server import serve
-
-
-@pytest.fixture(scope="module")
-def server(smollm2_gguf: Path) -> Iterator[Server]:
-    s = start_server(ToolACE.load(str(smollm2_gguf), n_ctx=2048))
-    yield s
-    stop_server(s)
 
 
 # --- basics --------------------------------------------------------------------------------------------------------

@@ -6,8 +6,6 @@ reported (`finish_reason` "length", `toolace.truncated`)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -15,7 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import EXAMPLES
-from tests.helpers.server import Server, start_server, stop_server
+from tests.helpers.server import Server
 from toolace.api import ToolACE
 from toolace.runtime.budget import minimum_tokens
 
@@ -23,11 +21,7 @@ LISBON = "What's the weather in Lisbon in fahrenheit?"
 TOOLS = json.loads((EXAMPLES / "calendar_weather.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def server(smollm2_gguf: Path) -> Iterator[Server]:
-    s = start_server(ToolACE.load(str(smollm2_gguf), n_ctx=2048, kv_cache=False))
-    yield s
-    stop_server(s)
+SERVER = {"load": {"kv_cache": False}}
 
 
 def _minimum(server: Server) -> int:

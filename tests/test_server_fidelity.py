@@ -8,26 +8,18 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.helpers.server import TWO_TOOLS, Server, error_exact, healthy, queue_drained, start_server, stop_server
-from toolace.api import ToolACE
+from tests.helpers.server import TWO_TOOLS, Server, error_exact, healthy, queue_drained
 
 MODEL_ID = "toolace-demo"
 
 
-@pytest.fixture(scope="module")
-def server(smollm2_gguf: Path) -> Iterator[Server]:
-    s = start_server(ToolACE.load(str(smollm2_gguf), n_ctx=2048, kv_cache=False), model_id=MODEL_ID,
-                     aliases=["demo", "smollm2"])
-    yield s
-    stop_server(s)
+SERVER = {"load": {"kv_cache": False}, "model_id": MODEL_ID, "aliases": ["demo", "smollm2"]}
 
 
 def _ask(server: Server, content: str = "What's the weather in Paris?", **kw: Any) -> Any:
@@ -125,7 +117,7 @@ def _send_raw(server: Server, body: dict[str, Any]) -> socket.socket:
     data = json.dumps(body).encode()
     host, port = server.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)))
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n" % len(data) + data)
     return sock
 

@@ -5,15 +5,12 @@ is called, run and its result fed back until an answer (or a structured output) 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
-from tests.helpers.server import Server, start_server, stop_server
-from toolace.api import ToolACE
+from tests.helpers.server import Server
 
 QUESTION = "What's the weather in Paris?"
 # The 135M demo model answers in text once the tool's result is in under this system prompt (it may call again
@@ -26,11 +23,7 @@ class City(BaseModel):
     country: str
 
 
-@pytest.fixture(scope="module")
-def server(smollm2_gguf: Path) -> Iterator[Server]:
-    s = start_server(ToolACE.load(str(smollm2_gguf), n_ctx=4096), model_id="toolace-demo")
-    yield s
-    stop_server(s)
+SERVER = {"load": {"n_ctx": 4096}, "model_id": "toolace-demo"}
 
 
 def _weather(log: list[str]) -> Any:

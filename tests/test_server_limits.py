@@ -180,6 +180,7 @@ def test_nan_temperature_and_non_json(server: Server) -> None:
 # a valid chat request padded by a field the server ignores (OpenAI's end-user id), so any size is still answerable
 BODY_HEAD = b'{"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}], "user": "'
 BODY_TAIL = b'"}'
+JSON = {"content-type": "application/json"}
 STREAM_LIMIT = f"request body exceeds the limit of {MAX_BODY_BYTES} bytes"
 # the server hanging up mid-upload (reset, broken pipe, no response); a timeout is not one of these
 CLOSED_BY_SERVER = (httpx.WriteError, httpx.ReadError, httpx.RemoteProtocolError)
@@ -222,19 +223,21 @@ def test_body_over_limit(server: Server) -> None:
     # Content-Length given: refused from the header, before the body is read
     _refused_for_size(server, lambda: post(server, big), _declared_limit(over))
     # chunked, no Content-Length: counted while read
-    _refused_for_size(server, lambda: httpx.post(url, content=iter([big]), timeout=60), STREAM_LIMIT)
+    _refused_for_size(server, lambda: httpx.post(url, content=iter([big]), timeout=60, headers=JSON), STREAM_LIMIT)
     huge = 100 * 1024 * 1024
-    _refused_for_size(server, lambda: httpx.post(url, content=_body_chunks(huge), timeout=60), STREAM_LIMIT)
+    _refused_for_size(server, lambda: httpx.post(url, content=_body_chunks(huge), timeout=60, headers=JSON),
+                      STREAM_LIMIT)
     _refused_for_size(server, lambda: httpx.post(url, content=_body_chunks(huge), timeout=60,
-                                                 headers={"content-length": str(huge)}), _declared_limit(huge))
+                                                 headers={**JSON, "content-length": str(huge)}), _declared_limit(huge))
     # one byte over, either way; exactly at the limit is read and answered
-    _refused_for_size(server, lambda: httpx.post(url, content=_body_chunks(MAX_BODY_BYTES + 1), timeout=60),
+    _refused_for_size(server, lambda: httpx.post(url, content=_body_chunks(MAX_BODY_BYTES + 1), timeout=60,
+                                                 headers=JSON),
                       STREAM_LIMIT)
     at_limit = b"".join(_body_chunks(MAX_BODY_BYTES))
     _refused_for_size(server, lambda: post(server, at_limit + b" "), _declared_limit(MAX_BODY_BYTES + 1))
     r = post(server, at_limit)
     assert r.status_code == 200, r.text
-    r = httpx.post(url, content=iter([at_limit]), timeout=TIMEOUT)
+    r = httpx.post(url, content=iter([at_limit]), timeout=TIMEOUT, headers=JSON)
     assert r.status_code == 200, r.text
     queue_drained(server)
 

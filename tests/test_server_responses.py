@@ -4,27 +4,20 @@ output, streaming events, previous_response_id with its store, and unknown field
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.helpers.server import Server, error_exact, post, queue_drained, start_server, stop_server
-from toolace.api import ToolACE
+from tests.helpers.server import Server, error_exact, post, queue_drained
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Current weather in a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
                           "additionalProperties": False}, "strict": True}
 
 
-@pytest.fixture(scope="module")
-def server(smollm2_gguf: Path) -> Iterator[Server]:
-    s = start_server(ToolACE.load(str(smollm2_gguf), n_ctx=2048), model_id="toolace-demo", aliases=["demo"])
-    yield s
-    stop_server(s)
+SERVER = {"model_id": "toolace-demo", "aliases": ["demo"]}
 
 
 def _create(server: Server, **kw: Any) -> Any:
@@ -141,7 +134,7 @@ def test_stream_text_events(server: Server) -> None:
      "input[0]: input item type 'item_reference' is not supported (message, function_call, function_call_output)"),
     ({"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": {}, "strict": True,
                                           "extra": 1}}}, "text.format: unknown field 'extra'"),
-    ({"input": "hi", "max_output_tokens": 0}, "max_tokens must be an integer in [1, 32768], got 0"),
+    ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens must be an integer in [1, 32768], got 0"),
     ({"input": []}, "input must be a non-empty string or a non-empty list of items"),
 ])
 def test_refused_requests(server: Server, body: dict[str, Any], message: str) -> None:

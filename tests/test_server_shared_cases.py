@@ -5,22 +5,17 @@ replaced by the schema check. Also ToolACE.connect, the remote client, against t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from openai import OpenAI
 
 from tests.helpers import openai_cases as cases
-from tests.helpers.server import start_server, stop_server
+from tests.helpers.server import Server
 from toolace.api import ToolACE
 
 
 @pytest.fixture(scope="module")
-def url(smollm2_gguf: Path) -> Iterator[str]:
-    served = start_server(ToolACE.load(str(smollm2_gguf), n_ctx=2048))
-    yield served.base_url
-    stop_server(served)
+def url(server: Server) -> str:
+    return server.base_url
 
 
 @pytest.fixture(scope="module")

@@ -4,24 +4,14 @@ for the schema, so every answer parses and validates; with tools the model may c
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 from pydantic import BaseModel
 
-from tests.helpers.server import TWO_TOOLS, Server, start_server, stop_server
+from tests.helpers.server import TWO_TOOLS, Server
 from tests.test_grammar_keywords import TABLE
-from toolace.api import ToolACE
-
-
-@pytest.fixture(scope="module")
-def server(smollm2_gguf: Path) -> Iterator[Server]:
-    s = start_server(ToolACE.load(str(smollm2_gguf), n_ctx=2048))
-    yield s
-    stop_server(s)
 
 
 def _structured(server: Server, schema: dict[str, Any], question: str, **kw: Any) -> Any:

@@ -9,10 +9,8 @@
 from __future__ import annotations
 
 import threading
-from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,90 +19,23 @@ from toolace.grammars.json_schema import ResponseFormat, response_grammar
 from toolace.grammars.parser import CallParseError, StreamParser, looks_like_calls, parse_calls
 from toolace.grammars.schema import Tool
 from toolace.grammars.toolset import ToolSet, build_toolset
-from toolace.limits import DEFAULT_MAX_STEPS, DEFAULT_MAX_TOKENS, DEFAULT_N_CTX
+from toolace.limits import DEFAULT_MAX_TOKENS, DEFAULT_N_CTX
 from toolace.runtime.batch import Batcher, SlotModel, check_parallel
-from toolace.runtime.cache import PromptCache
+from toolace.runtime.cache import PromptCache, check_cache_max_bytes
 from toolace.runtime.constraints import DEFAULT_ENGINE, ENGINES, make_constraint
 from toolace.runtime.generate import CallGrammar, GenerationStats, generate
 from toolace.runtime.history import CallMemory, call_id, default_tool_role, to_template_messages
+from toolace.runtime.kv_types import DEFAULT_KV_TYPE
 from toolace.runtime.model import Model
 from toolace.runtime.prompt import tool_messages
 from toolace.runtime.refs import resolve_model
 from toolace.runtime.sampling import SamplingParams
+from toolace.surface import CallResult, ChatSurface, StreamEvent
 
 if TYPE_CHECKING:
-    from toolace.agent.loop import RunResult
     from toolace.remote import RemoteToolACE
 
-
-@dataclass
-class CallResult:
-    """What one generation produced: parsed calls (or text), the raw output, and how it ended."""
-
-    calls: list[dict[str, Any]]
-    text: str | None
-    raw: str
-    finish_reason: str  # stop | length
-    errors: list[str] = field(default_factory=list)  # schema violations found after decoding (post-checks)
-    call_ids: list[str] = field(default_factory=list)
-    stats: GenerationStats = field(default_factory=GenerationStats, repr=False)
-    warnings: list[str] = field(default_factory=list)  # tools left out of the grammar (no obvious reading), and why
-
-    @property
-    def valid(self) -> bool:
-        return not self.errors
-
-    @property
-    def truncated(self) -> bool:
-        """A value was cut short to close the call list within max_tokens, or a runaway value was cut back
-        (docs/budget.md): the calls are complete and schema-valid, but an agent may choose not to run them."""
-        return self.stats.truncated
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"calls": self.calls, "text": self.text, "raw": self.raw, "finish_reason": self.finish_reason,
-                "valid": self.valid, "errors": self.errors, "truncated": self.truncated,
-                "usage": {"prompt_tokens": self.stats.prompt_tokens,
-                          "completion_tokens": self.stats.completion_tokens}}
-
-
-@dataclass(frozen=True)
-class StreamEvent:
-    """kind: text | call_name | argument | call_end | done (result set)."""
-
-    kind: str
-    text: str = ""
-    index: int = 0
-    name: str = ""
-    key: str = ""
-    value: Any = None
-    result: CallResult | None = None
-
-
-class ChatSurface(ABC):
-    """`call` and `chat` on top of a `stream`: one surface for the local engine (ToolACE) and a remote
-    OpenAI-compatible server (toolace.remote.RemoteToolACE)."""
-
-    @abstractmethod
-    def stream(self, messages: Sequence[dict[str, Any]], tools: ToolSet | Sequence[Any] | None = None,
-               tool_choice: Any = "auto", **options: Any) -> Iterator[StreamEvent]:
-        """The next assistant turn as events, ending with "done"; each subclass decodes its own way."""
-
-    def call(self, question: str, tools: ToolSet | Sequence[Any], tool_choice: Any = "auto",
-             **options: Any) -> CallResult:
-        """One question → calls or text. `tools`: a ToolSet (its tool_choice wins) or tool dicts in any dialect."""
-        if not isinstance(question, str) or not question.strip():
-            raise InputError("question must be a non-empty string")
-        return self.chat([{"role": "user", "content": question}], tools, tool_choice, **options)
-
-    def chat(self, messages: Sequence[dict[str, Any]], tools: ToolSet | Sequence[Any] | None = None,
-             tool_choice: Any = "auto", **options: Any) -> CallResult:
-        """A conversation (OpenAI message form, tool results included) → the next assistant turn."""
-        result = None
-        for event in self.stream(messages, tools, tool_choice, **options):
-            if event.kind == "done":
-                result = event.result
-        assert result is not None  # stream always ends with done
-        return result
+__all__ = ["CallResult", "ChatSurface", "StreamEvent", "ToolACE"]  # the surface types are re-exported here
 
 
 class ToolACE(ChatSurface):
@@ -115,7 +46,7 @@ class ToolACE(ChatSurface):
     step, and a call waits only for a free slot. The tool-set cache and the call memory have locks of their own."""
 
     def __init__(self, model: Model, engine: str = DEFAULT_ENGINE, tool_role: str | None = None,
-                 kv_cache: bool = True, parallel: int = 1) -> None:
+                 kv_cache: bool = True, parallel: int = 1, cache_max_bytes: int | None = None) -> None:
         if engine not in ENGINES:
             raise InputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.model, self.engine = model, engine
@@ -123,20 +54,27 @@ class ToolACE(ChatSurface):
         source = model.metadata.get("tokenizer.chat_template") or ""
         self.tool_role = tool_role or default_tool_role(source)
         self.memory = CallMemory()
-        self.cache = PromptCache(model) if kv_cache else None
+        self.cache = PromptCache(model, max_bytes=cache_max_bytes) if kv_cache else None
         self.lock = threading.Lock()
         self.batcher = Batcher(model, parallel) if parallel > 1 or not model.own_context else None
 
     @classmethod
     def load(cls, model: str | Path = "demo", n_ctx: int = DEFAULT_N_CTX, n_gpu_layers: int | str = "auto",
              n_threads: int | None = None, engine: str = DEFAULT_ENGINE, tool_role: str | None = None,
-             kv_cache: bool = True, parallel: int = 1) -> ToolACE:
-        """Load a model reference (path, 'demo', or a pulled name). kv_cache persists tool-prompt KV to disk.
-        parallel: sequences decoded together (slots of n_ctx tokens each; docs/parallel.md)."""
+             kv_cache: bool = True, parallel: int = 1, cache_max_bytes: int | None = None,
+             kv_type: str = DEFAULT_KV_TYPE) -> ToolACE:
+        """Load a model reference (path, 'demo', or a pulled name). kv_cache persists tool-prompt KV to disk, in
+        at most cache_max_bytes (None: DEFAULT_CACHE_TOKENS of this model's KV state; docs/design.md, "Caches").
+        parallel: sequences decoded together (slots of n_ctx tokens each; docs/parallel.md). kv_type: f16, q8_0
+        or q4_0 K/V cache (the quantized ones turn flash attention on). The model's memory at this context is
+        checked against the machine's before llama.cpp allocates it (ResourceError; docs/models.md, "Memory")."""
         check_parallel(parallel)
+        if cache_max_bytes is not None:
+            check_cache_max_bytes(cache_max_bytes)  # before the model loads: a bad flag fails fast
         return cls(Model(resolve_model(model), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
-                         own_context=parallel == 1),
-                   engine=engine, tool_role=tool_role, kv_cache=kv_cache, parallel=parallel)
+                         own_context=parallel == 1, kv_type=kv_type, kv_slots=parallel),
+                   engine=engine, tool_role=tool_role, kv_cache=kv_cache, parallel=parallel,
+                   cache_max_bytes=cache_max_bytes)
 
     @classmethod
     def connect(cls, base_url: str, api_key: str | None = None, model: str | None = None) -> RemoteToolACE:
@@ -195,12 +133,13 @@ class ToolACE(ChatSurface):
                top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, seed: int | None = None,
                logit_bias: Mapping[int, float] | None = None, stop: Sequence[str] = (),
                fast_forward: bool = True, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
-               response_format: ResponseFormat | None = None,
+               response_format: ResponseFormat | None = None, stop_loops: bool = True,
                cancel: threading.Event | None = None) -> Iterator[StreamEvent]:
         """Generate the next assistant turn, yielding text, each call's name, each closed argument, then done.
         A ToolSet given as `tools` carries its own tool_choice and parallel setting. `response_format`
         (grammars.json_schema.compile_response_format): a text answer is JSON valid under its schema. `cancel`:
-        once set, the generation stops after the current token, without a done event."""
+        once set, the generation stops after the current token, without a done event. `stop_loops`: a text answer
+        that repeats a line or sentence ends there, truncated (docs/budget.md, "Looping answers")."""
         sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
                                   logit_bias=logit_bias or {}, frequency_penalty=frequency_penalty,
                                   presence_penalty=presence_penalty)
@@ -220,10 +159,10 @@ class ToolACE(ChatSurface):
             guarded = CallGrammar(toolset.grammar.gbnf, tuple(t.name for t in toolset.tools), toolset.calls_only) \
                 if toolset and toolset.tool_choice != "none" else None
             if response_format is not None and gbnf:  # a JSON answer (or a call) must close within the budget too
-                guarded = CallGrammar(gbnf, guarded.tool_names if guarded else (), True)
+                guarded = CallGrammar(gbnf, guarded.tool_names if guarded else (), True, json=True)
             for chunk in generate(model, prompt, constraint=constraint, sampling=sampling,
                                   max_tokens=max_tokens, stop=stop, fast_forward=fast_forward, stats=stats,
-                                  call_grammar=guarded):
+                                  call_grammar=guarded, stop_loops=stop_loops):
                 if cancel is not None and cancel.is_set():
                     return  # the client left: stop before the next token (lock or slot released on the way out)
                 if chunk.retract:  # a runaway value cut back: only text inside one open value, never streamed
@@ -263,22 +202,18 @@ class ToolACE(ChatSurface):
         self.memory.remember(ids, raw)
         return CallResult([c.as_dict() for c in calls], None, raw, stats.finish_reason, errors, ids, stats)
 
-    def run(self, question_or_messages: str | Sequence[dict[str, Any]], tools: Sequence[Any],
-            tool_choice: Any = "auto", max_steps: int = DEFAULT_MAX_STEPS, approve: Any = None,
-            **options: Any) -> RunResult:
-        """The assistant loop: ask, run the calls the model makes (Python functions, MCP servers, tool dicts with
-        code), feed the results back, until it answers. See toolace.agent.loop.run for every option."""
-        from toolace.agent.loop import run
-
-        return run(self, question_or_messages, tools, tool_choice, max_steps, approve, **options)
-
     def complete(self, prompt: str, max_tokens: int = DEFAULT_MAX_TOKENS, stop: Sequence[str] = (),
-                 **sampling: Any) -> tuple[str, GenerationStats]:
-        """Raw completion of a prompt string (template markers parsed as special tokens), no grammar."""
+                 cancel: threading.Event | None = None, **sampling: Any) -> tuple[str, GenerationStats]:
+        """Raw completion of a prompt string (template markers parsed as special tokens), no grammar. `cancel`:
+        once set, generation stops after the current token and the text so far is returned."""
         params = SamplingParams(**sampling)
         stats = GenerationStats()
         tokens = self.model.tokenize(prompt, special=True)
+        parts: list[str] = []
         with self.decoder() as model:
-            text = "".join(c.text for c in generate(model, tokens, constraint=None, sampling=params,
-                                                    max_tokens=max_tokens, stop=stop, stats=stats))
-        return text, stats
+            for chunk in generate(model, tokens, constraint=None, sampling=params, max_tokens=max_tokens, stop=stop,
+                                  stats=stats):
+                if cancel is not None and cancel.is_set():
+                    break  # the client left: free the model (or slot) now, not after max_tokens
+                parts.append(chunk.text)
+        return "".join(parts), stats

@@ -2,46 +2,48 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
 
+from toolace.cli_options import model_options, sampling_options
 from toolace.edge import edge
-from toolace.limits import DEFAULT_MAX_QUEUE, DEFAULT_MAX_TOKENS, DEFAULT_N_CTX, DEFAULT_SERVE_PARALLEL
+from toolace.limits import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_REQUEST_TIMEOUT_SECONDS,
+    DEFAULT_SERVE_PARALLEL,
+)
+
+# Commands defined in other modules, by name. A verb's module is imported only when that verb runs (or --help lists
+# the commands), so each command pays for its own imports only: `toolace grammar`, `list`, `show` and `rm` never
+# load llama.cpp, and none of the command modules imports this one (their shared flags live in cli_options).
+VERB_MODULES = {
+    "chat": "toolace.agent.cli", "run": "toolace.agent.cli",
+    "convert": "toolace.cli_convert", "info": "toolace.cli_convert", "quantize": "toolace.cli_convert",
+    "list": "toolace.cli_models", "pull": "toolace.cli_models", "rm": "toolace.cli_models",
+    "show": "toolace.cli_models",
+    "bench": "toolace.eval.cli", "eval": "toolace.eval.cli",
+    "export": "toolace.serve.vllm.export",
+}
 
 
-def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Flags shared by every command that loads a model (they equal ToolACE.load's parameters)."""
-    for opt in reversed([
-        click.option("--model", "model", default="demo", show_default=True,
-                     help="GGUF path, 'demo' (bundled SmolLM2), or a name from `toolace pull`."),
-        click.option("--n-ctx", type=int, default=DEFAULT_N_CTX, show_default=True, help="Context size in tokens."),
-        click.option("--n-gpu-layers", default="auto", show_default=True, help="'auto' offloads all layers "
-                     "when llama.cpp was built with CUDA/Metal; an integer sets it."),
-        click.option("--engine", type=click.Choice(["llguidance", "llama"]), default="llguidance",
-                     show_default=True, help="Grammar engine."),
-    ]):
-        fn = opt(fn)
-    return fn
+class VerbGroup(click.Group):
+    """The main group: the commands defined here, plus VERB_MODULES' commands, each loaded when first asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *VERB_MODULES})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in VERB_MODULES and cmd_name not in self.commands:
+            module = importlib.import_module(VERB_MODULES[cmd_name])
+            return next(c for c in module.COMMANDS if c.name == cmd_name)
+        return super().get_command(ctx, cmd_name)
 
 
-def sampling_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for opt in reversed([
-        click.option("--tool-choice", default="auto", show_default=True,
-                     help="auto | required | none | a function name."),
-        click.option("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, show_default=True),
-        click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy."),
-        click.option("--seed", type=int, default=None),
-        click.option("--no-parallel", is_flag=True, help="At most one call per turn."),
-    ]):
-        fn = opt(fn)
-    return fn
-
-
-@click.group()
+@click.group(cls=VerbGroup)
 @click.version_option(package_name="toolace")
 def main() -> None:
     """toolace: ToolACE-8B on your laptop, offline, with every function call guaranteed valid."""
@@ -70,8 +72,9 @@ def print_result(result: Any) -> None:
 @sampling_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @edge
-def call(question: str, tools_file: str, model: str, n_ctx: int, n_gpu_layers: str, engine: str, tool_choice: str,
-         max_tokens: int, temperature: float, seed: int | None, no_parallel: bool, as_json: bool) -> None:
+def call(question: str, tools_file: str, model: str, n_ctx: int, n_gpu_layers: str, engine: str,
+         cache_max_bytes: int | None, kv_type: str, tool_choice: str, max_tokens: int, temperature: float,
+         seed: int | None, no_parallel: bool, as_json: bool) -> None:
     """Ask QUESTION with the functions in --tools; print the (guaranteed valid) calls or the text answer."""
     from toolace.api import ToolACE
     from toolace.grammars.schema import read_tools_file
@@ -81,7 +84,8 @@ def call(question: str, tools_file: str, model: str, n_ctx: int, n_gpu_layers: s
     toolset = build_toolset(read_tools_file(tools_file), tool_choice, not no_parallel)
     for warning in toolset.grammar.warnings:  # tools left out of the grammar: the others still work
         click.echo(f"warning: {warning}", err=True)
-    ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine)
+    ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine, cache_max_bytes=cache_max_bytes,
+                      kv_type=kv_type)
     result = ta.call(question, toolset, max_tokens=max_tokens, temperature=temperature, seed=seed)
     if as_json:
         click.echo(json.dumps(result.as_dict(), ensure_ascii=False))
@@ -127,8 +131,22 @@ def grammar(tools_file: str, tool_choice: str, no_parallel: bool, check: str | N
 @main.command()
 @model_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Other than loopback needs --api-key.")
-@click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY'.")
+@click.option("--port", type=int, default=8000, show_default=True, help="0 picks a free port.")
+@click.option("--ready-file", default=None, type=click.Path(dir_okay=False),
+              help="Once ready, also write the JSON line {url, pid, model} printed on stdout here.")
+@click.option("--parent-pid", type=int, default=None, help="Exit when this process is gone (a host app's own pid).")
+@click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' (visible in `ps`: prefer "
+              "--api-key-file or $TOOLACE_API_KEY).")
+@click.option("--api-key-file", default=None, type=click.Path(dir_okay=False),
+              help="Read the API key from the first line of this file.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Another Host name to answer besides loopback names and --host (repeatable; against DNS "
+                   "rebinding every other name gets 403).")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="A web origin (scheme://host[:port], or '*') whose pages may call this server (repeatable); "
+                   "requests from any other site's page get 403.")
+@click.option("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_SECONDS, show_default=True,
+              help="Seconds one request may take, queue wait included; then 504.")
 @click.option("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, show_default=True,
               help="Requests waiting + running; more get 429 with Retry-After.")
 @click.option("--alias", "aliases", multiple=True, metavar="NAME",
@@ -136,27 +154,13 @@ def grammar(tools_file: str, tool_choice: str, no_parallel: bool, check: str | N
 @click.option("--parallel", type=int, default=DEFAULT_SERVE_PARALLEL, show_default=True,
               help="Requests decoded together (slots of --n-ctx tokens each); 1 = one at a time.")
 @edge
-def serve(model: str, n_ctx: int, n_gpu_layers: str, engine: str, host: str, port: int, api_key: str | None,
-          max_queue: int, aliases: tuple[str, ...], parallel: int) -> None:
-    """OpenAI-compatible server: /v1/chat/completions (tools enforced), /v1/completions, /v1/models, /health."""
+def serve(**kwargs: Any) -> None:
+    """Local server: OpenAI's /v1/chat/completions (tools enforced), /v1/responses, /v1/completions; Anthropic's
+    /v1/messages; Ollama's /api/*; /health, /slots. Prints one JSON line {url, pid, model} once ready."""
     from toolace.serve.server import serve as run_server
 
-    run_server(model=model, host=host, port=port, api_key=api_key, n_ctx=n_ctx, max_queue=max_queue,
-               n_gpu_layers=n_gpu_layers, engine=engine, aliases=aliases, parallel=parallel)
+    run_server(**kwargs)
 
-
-def _register() -> None:
-    """Verb modules define their own click commands; the CLI only gathers them."""
-    from toolace.agent.cli import COMMANDS as AGENT  # run, chat: the tool loop
-    from toolace.cli_convert import COMMANDS as CONVERT
-    from toolace.eval.cli import COMMANDS as EVAL
-    from toolace.serve.vllm.export import COMMANDS as EXPORT  # export vllm: scale-out (docs/scale-out.md)
-
-    for command in (*CONVERT, *EVAL, *AGENT, *EXPORT):
-        main.add_command(command)
-
-
-_register()
 
 if __name__ == "__main__":
     main()

@@ -27,6 +27,12 @@ MAX_TEMPLATE_CHARS = 256 * 1024  # characters in a chat template; Llama-3.1's is
 MAX_TEMPLATE_OUTPUT_CHARS = 4 * 1024 * 1024  # characters a render may produce
 MAX_TEMPLATE_SECONDS = 2.0  # seconds a render may take; a template that loops is stopped
 MAX_TEMPLATE_LOOP_STEPS = 1_000_000  # iterations over range() in one render, the sandbox's own bound per range is 100k
+# Bits of an integer one `*` or `**` in a template may produce. Templates count messages and tokens (64 bits would
+# do); `3 ** 10**8` (158 million bits, minutes of CPU at load) is refused before Python computes it.
+MAX_TEMPLATE_INT_BITS = 4096
+# Characters of a string, or items of a list, one `*` or `+` in a template may build: a value longer than the whole
+# allowed output is never needed, and `'x' * 10**10` must be refused before it allocates 10 GB.
+MAX_TEMPLATE_VALUE_LEN = MAX_TEMPLATE_OUTPUT_CHARS
 
 # --- decoding ------------------------------------------------------------------------------------------------------
 DEFAULT_N_CTX = 8192  # tokens; never the model's 131,072 by default (that KV cache is 16 GiB for an 8B model)
@@ -45,6 +51,10 @@ MASK_IDS_CACHE_ENTRIES = 32  # grammar masks per generation whose token ids are 
 # --- conversation and caches -------------------------------------------------------------------------------------
 MAX_REMEMBERED_CALLS = 4096  # tool-call ids whose raw text is kept for exact re-rendering (LRU), ~100 bytes each
 MAX_CACHE_FILES = 64  # KV state files kept in the disk prompt cache; oldest (by access) removed beyond this
+# The disk prompt cache's default size in bytes is this many tokens of the model's KV state (`cache_max_bytes`,
+# `--cache-max-bytes` override it): 4 GiB for Llama-3.1-8B (128 KiB/token), ~8 tool prompts of 4k tokens; ~720 MiB
+# for SmolLM2-135M (23 KiB/token). Least recently used state files are removed beyond it.
+DEFAULT_CACHE_TOKENS = 32_768
 MIN_PREFIX_TOKENS = 64  # prompt prefixes shorter than this are cheaper to recompute than to load from disk
 
 # --- parallel slots (runtime/batch.py, docs/parallel.md) ------------------------------------------------------------
@@ -68,6 +78,23 @@ MAX_STORED_RESPONSES = 256  # /v1/responses kept for previous_response_id (LRU);
 # so the bound is on memory: 256 conversations of a few kB each
 MAX_N_CHOICES = 8  # `n` choices per chat request; they run one after another while the client waits
 MAX_ALIASES = 16  # extra model names `toolace serve --alias` answers to
+# Seconds a client has to send its whole request body once the server read its headers; a client that stalls (the
+# slow-body attack: Content-Length 1000, one byte, silence) is answered 408 and its queue place freed.
+BODY_READ_SECONDS = 30.0
+# Seconds one request may take from admission to its last byte, queue wait included (`--request-timeout`); then 504.
+# Generous: a cold 8B model on a laptop CPU writes 512 tokens in a few minutes, n x max_tokens can be 32k tokens.
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 600.0
+MAX_REQUEST_TIMEOUT_SECONDS = 24 * 3600.0  # a larger deadline is no deadline; refused as a typo
+# Threads compiling request tool sets and response formats off the event loop; more requests wait their turn, so
+# one request with 512 tools x 4,096-value enums never stalls /health and the other clients.
+COMPILE_THREADS = 2
+MAX_ALLOWED_HOSTS = 64  # `--allowed-host` names and `--cors-origin` origins, each; a longer list is a config error
+MAX_API_KEY_FILE_CHARS = 4096  # characters read from `--api-key-file`; a key is a line, not a document
+PARENT_POLL_SECONDS = 0.5  # how often `--parent-pid` is checked; the server exits within this of its parent
+# Seconds open connections get to finish once the server is told to stop (their generations are already cancelled),
+# so SIGTERM ends the process within ~2 s, as an app stopping its sidecar expects.
+SHUTDOWN_GRACE_SECONDS = 1
+CORS_MAX_AGE_SECONDS = 600  # how long a browser may cache an allowed preflight
 
 # --- budget and runaway values (docs/budget.md) ---------------------------------------------------------------------
 MAX_COMPLETION_BYTES = 16 * 1024  # bytes of one planned shortest completion; a grammar whose shortest call is longer
@@ -77,6 +104,19 @@ LOOP_MIN_REPEATS = 3  # copies of the cycle before the value is cut back to its 
 LOOP_MIN_SPAN_TOKENS = 16  # ... and at least this many tokens in all, so short legitimate repeats ("aaa") stay
 START_PLAN_CACHE_ENTRIES = 64  # grammars per model whose shortest complete call is kept (one walk per tool)
 MAX_LOOP_CUTS = 8  # runaway values cut per generation; each costs the tokens it rolled back, this bounds the waste
+# A text answer ends once a line or sentence of at least PROSE_LOOP_MIN_CHARS characters is written for the
+# PROSE_LOOP_REPEATS-th time (on by default, `stop_loops`): three copies of one sentence are a loop, not an answer,
+# while short lines ("Yes.", list markers) repeat legitimately.
+PROSE_LOOP_REPEATS = 3
+PROSE_LOOP_MIN_CHARS = 12
+
+# --- structured outputs: numbers a sane length (docs/budget.md, "Sane numbers") -------------------------------------
+# An integer whose schema gives no bounds is one a 64-bit client can read: [-2^63, 2^63 - 1]; a one-sided bound gets
+# the other side from here. A schema's own minimum/maximum wins (beyond int64 it is post-checked, not narrowed).
+JSON_INT_MIN = -(2**63)
+JSON_INT_MAX = 2**63 - 1
+JSON_NUMBER_INT_DIGITS = 19  # digits before a number's point (int64's width); larger magnitudes use the exponent
+JSON_FRACTION_DIGITS = 17  # digits after the point: 17 significant digits identify any double
 
 # --- files ---------------------------------------------------------------------------------------------------------
 MAX_GGUF_KV = 1_000_000  # metadata entries in one GGUF; llama.cpp's own files have < 100
@@ -109,6 +149,9 @@ TOOL_CALL_GRACE_SECONDS = 1.0  # seconds past a call's limit before the loop sto
 MAX_TOOL_RESULT_CHARS = 8_000  # characters of one result fed back (~2k tokens: two fit the default 8k context);
 # longer results are cut, with a note the model sees
 MAX_TOOL_WORKERS = 8  # calls of one step run at once; more wait for a free worker
+# Seconds a typed answer (approval, tool result, chat line) is waited for between checks for a signal: SIGTERM or
+# Ctrl-C landing just before a blocking read would otherwise wait for the next typed line (a stopped sidecar hangs).
+PROMPT_POLL_SECONDS = 0.2
 MCP_START_SECONDS = 30.0  # seconds an MCP server has to start, answer initialize and list its tools
 MCP_CLOSE_SECONDS = 10.0  # seconds closing all servers may take (the SDK itself: stdin close, 2 s, SIGTERM, 2 s, KILL)
 MAX_MCP_CONFIG_BYTES = 1024 * 1024  # bytes in an mcpServers config file; real ones are < 10 KB
@@ -118,3 +161,17 @@ MAX_MCP_STDERR_CHARS = 2_000  # characters of a failed server's stderr quoted in
 
 # --- remote servers (toolace.remote, docs/scale-out.md) ------------------------------------------------------------
 REMOTE_TIMEOUT_SECONDS = 600.0  # seconds one remote request may take; a cold 8B on CPU answers 512 tokens in minutes
+# Seconds a vLLM truncation note (serve/vllm/meta.py) waits for its request's response; one whose client left is
+# then removed, so the notes folder holds at most the notes of the last ten minutes' cut requests (empty files).
+VLLM_NOTE_SECONDS = 600.0
+
+# --- the model store and pulls (convert/store.py, convert/pull_gguf.py, docs/models.md) ------------------------------
+MAX_MODEL_NAME_CHARS = 64  # characters in a store name (`--name`); a file name part, and a column of `toolace list`
+MAX_GGUF_PARTS = 256  # files of one split GGUF (-00001-of-0000N); the largest published models ship < 50
+MAX_REPO_FILES = 100_000  # files listed for one hub repo before toolace stops reading the listing
+# Free disk space a pull keeps beyond the bytes it still has to download: the registry, logs, and the rest of the
+# machine must still be able to write when the model has landed.
+PULL_FREE_SPACE_MARGIN_BYTES = 512 * 1024 * 1024
+# RAM left free beyond a model's memory estimate (runtime/memory.py) when deciding whether it may load: the estimate
+# is within ~15% of the measured resident size, and the rest of the machine must keep running.
+MEMORY_MARGIN_BYTES = 256 * 1024 * 1024

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,17 +132,27 @@ def chat(client: OpenAI, tools: list[dict] | None, tool_choice: Any = None, **kw
 KEY = "test-key-123"
 
 
+@contextmanager
+def served(gguf: Path, load: dict[str, Any] | None = None, **app: Any) -> Iterator[Server]:
+    """The one way tests serve a model: ToolACE.load(gguf, **load) behind create_app(**app) on a free port."""
+    s = start_server(ToolACE.load(str(gguf), **{"n_ctx": 2048, **(load or {})}), **app)
+    try:
+        yield s
+    finally:
+        stop_server(s)
+
+
 @pytest.fixture(scope="module")
-def server(smollm2_gguf: Path) -> Iterator[Server]:
-    """The demo model served on a free loopback port, once per test module."""
-    s = start_server(ToolACE.load(str(smollm2_gguf), n_ctx=2048))
-    yield s
-    stop_server(s)
+def server(request: pytest.FixtureRequest, smollm2_gguf: Path) -> Iterator[Server]:
+    """The demo model served on a free loopback port, once per test module. A module tunes it with a module-level
+    `SERVER = {"load": {ToolACE.load keywords}, **create_app keywords}`."""
+    opts = dict(getattr(request.module, "SERVER", {}))
+    with served(smollm2_gguf, opts.pop("load", None), **opts) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
 def small_server(smollm2_gguf: Path) -> Iterator[Server]:
     """n_ctx 512, an API key and a queue of 1."""
-    s = start_server(ToolACE.load(str(smollm2_gguf), n_ctx=512), api_key=KEY, max_queue=1)
-    yield s
-    stop_server(s)
+    with served(smollm2_gguf, {"n_ctx": 512}, api_key=KEY, max_queue=1) as s:
+        yield s
