@@ -19,15 +19,27 @@ from typing import Any
 import jsonschema
 
 from toolace.errors import SchemaError
-from toolace.limits import MAX_SCHEMA_DEPTH, RESPONSE_FORMAT_CACHE_ENTRIES
+from toolace.limits import (
+    JSON_FRACTION_DIGITS,
+    JSON_INT_MAX,
+    JSON_INT_MIN,
+    JSON_NUMBER_INT_DIGITS,
+    MAX_SCHEMA_DEPTH,
+    RESPONSE_FORMAT_CACHE_ENTRIES,
+)
 
 from .gbnf import BASE_RULES, Grammar
+from .numbers import int_range
 from .schema import TUPLE_MARK, Tool, _depth, _normalise_schema
 from .toolset import ToolSet, build_toolset
 from .values import PostCheck, ValueCompiler
 
-# The call language's base rules with JSON's syntax for strings, booleans, null and "any value" (no tuples). Rule
-# names stay the same, so the value compiler's references need no change.
+# The call language's base rules with JSON's syntax for strings, booleans, null and "any value" (no tuples), and
+# numbers a sane length (docs/budget.md, "Sane numbers"): an unbounded integer is an int64, a number has at most
+# JSON_NUMBER_INT_DIGITS digits before its point and JSON_FRACTION_DIGITS after it (larger magnitudes use the
+# exponent). Rule names stay the same, so the value compiler's references need no change; `big-int` is the integer
+# of a schema whose own bounds lie beyond int64.
+_INT_PART = f'("0" | [1-9] [0-9]{{0,{JSON_NUMBER_INT_DIGITS - 1}}})'
 JSON_BASE_RULES: dict[str, str] = {
     **{k: v for k, v in BASE_RULES.items() if k not in ("any-tuple", "text")},
     "esc": r'"\\" (["\\/bfnrt] | "u" hex{4})',
@@ -36,6 +48,12 @@ JSON_BASE_RULES: dict[str, str] = {
     "bool": '"true" | "false"',
     "null": '"null"',
     "any": "str | num | bool | null | any-list | any-dict",
+    "int": int_range(JSON_INT_MIN, JSON_INT_MAX),
+    "big-int": BASE_RULES["int"],
+    "frac": f'"." [0-9]{{1,{JSON_FRACTION_DIGITS}}}',
+    "float": f'{_INT_PART} frac | [0-9] frac? exp | "1" ("." frac-308)? [eE] "+"? "308"',
+    "frac-308": BASE_RULES["frac-308"].replace('"0"*', '"0"?'),  # 1.7976931348623157, one more digit at most
+    "nonneg-num": f"{_INT_PART} | float",
 }
 # A Python \xNN escape, as GBNF literal text (regex character sets emit it for control characters): JSON's \u00NN.
 _PY_HEX_ESCAPE = re.compile(r'"\\\\x([0-9a-fA-F]{2})"')
@@ -55,6 +73,8 @@ class JsonValueCompiler(ValueCompiler):
     """ValueCompiler emitting JSON literals."""
 
     QUOTES = ('"',)
+    INT_BOUNDS = (JSON_INT_MIN, JSON_INT_MAX)
+    WIDE_INT = "big-int"
 
     @staticmethod
     def literal(value: Any, quote: str = '"') -> str:

@@ -59,6 +59,10 @@ class ValueCompiler:
     """Compiles the value schemas of one tool's parameters into rules of a shared Grammar."""
 
     QUOTES: tuple[str, ...] = ("'", '"')  # with `literal`, the literal syntax (grammars/json_schema.py: JSON's)
+    # The range an integer with one bound gets on its other side (None: unbounded), and the rule for integers whose
+    # schema bounds are too wide for an exact range (grammars/json_schema.py: int64, "Sane numbers").
+    INT_BOUNDS: tuple[int | None, int | None] = (None, None)
+    WIDE_INT = "int"
     literal = staticmethod(py_literal)
 
     def _quoted(self, dq: str, sq: str) -> str:
@@ -276,7 +280,12 @@ class ValueCompiler:
             raise SchemaError(f"tool {self.tool.name!r}: {pointer or '/'}: no integer in [{lo}, {hi}]")
         if any(b is not None and len(str(abs(int(b)))) > MAX_INT_RANGE_DIGITS for b in (lo, hi)):
             self._post(pointer, "minimum/maximum")
-            return "int"
+            return self.WIDE_INT
+        low, high = self.INT_BOUNDS
+        if lo is None and low is not None and hi >= low:  # the schema's own bound wins; the default fills the other
+            lo = low
+        if hi is None and high is not None and lo <= high:
+            hi = high
         return self.g.add(f"int-{lo}-{hi}", int_range(None if lo is None else int(lo), None if hi is None else int(hi)))
 
     def _number(self, s: dict[str, Any], pointer: str) -> str:

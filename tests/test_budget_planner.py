@@ -15,8 +15,8 @@ from tests.conftest import EXAMPLES
 from toolace.grammars.check import byte_tokenizer, check_text, sample_text, to_llguidance
 from toolace.grammars.compile import compile_grammar
 from toolace.grammars.parser import parse_calls
-from toolace.limits import LOOP_MIN_REPEATS, LOOP_MIN_SPAN_TOKENS
-from toolace.runtime.budget import Lex, find_loop, shortest_completion, value_depths
+from toolace.limits import LOOP_MIN_REPEATS, LOOP_MIN_SPAN_TOKENS, PROSE_LOOP_MAX_PERIOD, PROSE_LOOP_MIN_CHARS
+from toolace.runtime.budget import Lex, find_loop, json_value_depths, prose_loop, shortest_completion, value_depths
 
 CALENDAR = json.loads((EXAMPLES / "calendar_weather.json").read_text())
 TRAVEL = json.loads((EXAMPLES / "bfcl_travel.json").read_text())
@@ -111,3 +111,44 @@ def test_find_loop(tokens: list[int], found: tuple[int, int] | None) -> None:
 ])
 def test_value_depths(text: str, depths: str) -> None:
     assert "".join(str(d) for d in value_depths(text)) == depths
+
+
+@pytest.mark.parametrize(("text", "depths"), [
+    ('{"a": 1}', "12221110"),
+    ('{"a": "x,y"}', "122211222220"),
+    ("[1, [2]]", "11112210"),
+    ('{"k": "\\""}', "12221122220"),
+    ('"ab"', "1111"),  # a top-level string is inside the answer's one value too
+])
+def test_json_value_depths(text: str, depths: str) -> None:
+    """A JSON answer is one value: everything inside its outer brackets (or its string) is inside it."""
+    assert "".join(str(d) for d in json_value_depths(text)) == depths
+
+
+TOKYO = "The function should return the converted time in Tokyo. "
+LINE = "print(convert_time('Asia/Tokyo'))\n"
+
+
+@pytest.mark.parametrize(("text", "loops"), [
+    (TOKYO * 3, True),  # the issue's answer, at its third copy
+    ("It failed. " + TOKYO * 3, True),
+    (LINE * 3, True),
+    ("First sentence here. Second one, longer. " * 3, True),  # a block of two, three times
+    ("One.\n\nTwo is longer.\n\n" * 3, True),  # blank lines between copies are no units
+    # near misses: two copies; the third still being written; the same sentence with other text between; short
+    # lines; a block longer than PROSE_LOOP_MAX_PERIOD; a copy that differs in one character
+    (TOKYO * 2, False),
+    (TOKYO * 2 + "The function should", False),
+    (TOKYO + "Then this. " + TOKYO + "And that. " + TOKYO, False),
+    ("Yes.\n" * 6, False),
+    ("".join(f"Sentence number {i}. " for i in range(PROSE_LOOP_MAX_PERIOD + 1)) * 3, False),
+    (TOKYO * 2 + TOKYO.replace("Tokyo", "Tokio"), False),
+])
+def test_prose_loop(text: str, loops: bool) -> None:
+    assert prose_loop(text, text[-8:]) is loops
+    assert len("Yes.") < PROSE_LOOP_MIN_CHARS <= len(TOKYO.strip())
+
+
+def test_prose_loop_only_looks_when_a_unit_ends() -> None:
+    """The check runs when the newest piece ends a line or sentence; a piece that ends none is never a loop."""
+    assert prose_loop(TOKYO * 3, "Tokyo. ") and not prose_loop(TOKYO * 3, "converted")

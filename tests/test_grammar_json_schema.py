@@ -17,11 +17,17 @@ from toolace.grammars.json_schema import compile_response_format, response_gramm
 from toolace.grammars.toolset import build_toolset
 
 WALKS = 40
+# Sane numbers (docs/budget.md): a JSON integer without bounds (or with one bound) is an int64, so the call
+# grammar's 21-digit and 10**30 examples are refused in JSON, and their int64 near misses accepted.
+SANE_NUMBERS = {"integer": (123456789012345678901, 2**63 - 1), "exclusiveMinimum": (10**30, 2**63 - 1)}
 
 
 @pytest.mark.parametrize("keyword", list(TABLE))
 def test_keyword_table_as_json(keyword: str) -> None:
     schema, accept, reject = TABLE[keyword]
+    if keyword in SANE_NUMBERS:
+        too_long, near = SANE_NUMBERS[keyword]
+        accept, reject = [v for v in accept if v != too_long], [*reject, (too_long, near)]
     fmt = compile_response_format(schema, "t")
     for value in accept:
         text = json.dumps(value, ensure_ascii=False)
@@ -103,3 +109,39 @@ def test_joined_with_tools() -> None:
 def test_bad_response_schemas(schema: Any, message: str) -> None:
     with pytest.raises(SchemaError, match=message.replace("[", r"\[").replace("]", r"\]")):
         compile_response_format(schema, "bad")
+
+
+# Sane numbers (docs/budget.md): (schema, accepted JSON texts, refused JSON texts), each refusal beside its near miss.
+SANE = [
+    ({"type": "integer"}, [str(2**63 - 1), str(-(2**63))], [str(2**63), str(-(2**63) - 1), "1" * 480]),
+    ({"type": "integer", "minimum": 0}, ["0", str(2**63 - 1)], ["-1", str(2**63)]),  # the other side filled
+    ({"type": "integer", "maximum": -5}, ["-5", str(-(2**63))], ["-4", str(-(2**63) - 1)]),
+    ({"type": "integer", "minimum": 10**30}, [str(10**30), str(10**40)], []),  # the schema's own bound wins
+    ({"type": "number"}, ["1." + "1" * 17, "9" * 19 + ".5", "1e300", "1.7976931348623157e308"],
+     ["1." + "1" * 18, "9" * 20 + ".5", "1" * 480]),
+    ({"type": "array", "items": {"type": "number"}}, ["[0.1, 2]"], ["[0." + "3" * 40 + "]"]),
+]
+
+
+@pytest.mark.parametrize(("schema", "accept", "reject"), SANE)
+def test_numbers_a_sane_length(schema: dict[str, Any], accept: list[str], reject: list[str]) -> None:
+    """An integer without bounds fits in 64 bits, one bound gets the other from int64, a schema's own bounds win;
+    a number has at most 19 digits before its point and 17 after (larger magnitudes take the exponent)."""
+    fmt = compile_response_format(schema, "n")
+    for text in accept:
+        assert check_text(fmt.gbnf, text).ok and fmt.errors(text) == [], text
+    for text in reject:
+        assert not check_text(fmt.gbnf, text).ok, text
+
+
+def test_bounds_beyond_int64_are_the_schemas_and_post_checked() -> None:
+    fmt = compile_response_format({"type": "integer", "minimum": 10**30}, "big")
+    assert check_text(fmt.gbnf, str(10**30 - 1)).ok and fmt.errors(str(10**30 - 1))  # reported, not narrowed
+    assert [str(p) for p in fmt.post_checks] == ["response_format 'big': /: minimum/maximum"]
+
+
+def test_call_grammar_numbers_are_unchanged() -> None:
+    """Sane numbers are for JSON answers; a Python call argument keeps Python's unbounded int."""
+    toolset = build_toolset([{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}}], "required")
+    assert check_text(toolset.grammar.gbnf, f"[f(n={10**30})]").ok

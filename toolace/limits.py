@@ -104,10 +104,12 @@ LOOP_MIN_REPEATS = 3  # copies of the cycle before the value is cut back to its 
 LOOP_MIN_SPAN_TOKENS = 16  # ... and at least this many tokens in all, so short legitimate repeats ("aaa") stay
 START_PLAN_CACHE_ENTRIES = 64  # grammars per model whose shortest complete call is kept (one walk per tool)
 MAX_LOOP_CUTS = 8  # runaway values cut per generation; each costs the tokens it rolled back, this bounds the waste
-# A text answer ends once a line or sentence of at least PROSE_LOOP_MIN_CHARS characters is written for the
-# PROSE_LOOP_REPEATS-th time (on by default, `stop_loops`): three copies of one sentence are a loop, not an answer,
-# while short lines ("Yes.", list markers) repeat legitimately.
+# A text answer ends once its last lines and sentences are PROSE_LOOP_REPEATS copies in a row of one block of at most
+# PROSE_LOOP_MAX_PERIOD of them (on by default, `stop_loops`): three copies in a row are a loop, not an answer. A
+# block needs one unit of at least PROSE_LOOP_MIN_CHARS characters, since short lines ("Yes.", "```") repeat
+# legitimately.
 PROSE_LOOP_REPEATS = 3
+PROSE_LOOP_MAX_PERIOD = 8
 PROSE_LOOP_MIN_CHARS = 12
 
 # --- structured outputs: numbers a sane length (docs/budget.md, "Sane numbers") -------------------------------------
