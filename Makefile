@@ -89,7 +89,7 @@ bench-serve: install fixtures $(LLAMA_SERVER)
 # (The full BFCL validity set on SmolLM2 is `toolace eval`: bench/results/eval_smollm2.json.)
 stress: install fixtures
 	TOOLACE_STRESS=1 $(BIN)/python -m pytest -q -s --hypothesis-show-statistics \
-		tests/test_fuzz.py tests/test_grammar_properties.py tests/test_adversarial.py
+		tests/test_fuzz.py tests/test_fuzz_dialects.py tests/test_grammar_properties.py tests/test_adversarial.py
 
 # vLLM with `toolace export vllm` on the demo model, and stock vLLM measured on the same cases (docs/scale-out.md).
 # vLLM lives in its own virtualenv (its pins differ from ours: llguidance<1.8, transformers<5.20); toolace goes in

@@ -6,12 +6,11 @@ tool → that function, none → none; `disable_parallel_tool_use` → one call 
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Any
 
 from .errors import ApiError
-from .request_model import EngineRequest, engine_request
+from .request_model import EngineRequest, check_fields, engine_request
 
 HONOURED = frozenset({"model", "max_tokens", "messages", "system", "tools", "tool_choice", "stop_sequences",
                       "temperature", "top_p", "top_k", "stream"})
@@ -24,13 +23,8 @@ CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 
 
 def _check_fields(body: dict[str, Any], allowed: frozenset[str]) -> None:
-    for name, value in body.items():
-        if name in allowed or name in IGNORED:
-            continue
-        if name not in NEUTRAL:
-            raise ApiError(400, f"{name}: Extra inputs are not permitted", param=name)
-        if value is not None and value not in NEUTRAL[name]:
-            raise ApiError(400, f"{name} is not supported (got {json.dumps(value)[:80]})", param=name)
+    check_fields(body, allowed | IGNORED, NEUTRAL, "{name}: Extra inputs are not permitted",
+                 "{name} is not supported (got {value})")
 
 
 def _text(content: Any, where: str) -> str:

@@ -17,7 +17,8 @@ from toolace.api import StreamEvent, ToolACE
 from toolace.limits import SSE_PING_SECONDS
 
 from . import anthropic_api as api
-from .errors import anthropic_error_type, api_error, gone_response
+from .errors import anthropic_error_type, gone_response
+from .worker import stream_items
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -67,35 +68,27 @@ class AnthropicHandlers:
                  "usage": {"input_tokens": prompt_tokens, "output_tokens": 0}}
         yield _event("message_start", message=start)
         index, text_open = 0, False
-        try:
-            while True:
-                kind, value = item
-                if kind in ("gone", "end"):
-                    return
-                if kind in ("error", "timeout"):
-                    err = api_error(value, started=True) if kind == "error" else worker.timeout_error()
-                    yield _event("error", error={"type": anthropic_error_type(err.status), "message": err.message})
-                    return
-                ev: StreamEvent = value
-                if ev.kind == "text" and ev.text:
-                    if not text_open:
-                        yield _event("content_block_start", index=index, content_block={"type": "text", "text": ""})
-                        text_open = True
-                    yield _event("content_block_delta", index=index, delta={"type": "text_delta", "text": ev.text})
-                elif ev.kind == "done" and ev.result is not None:
-                    if text_open:
-                        yield _event("content_block_stop", index=index)
-                        index += 1
-                    for block in api.content_blocks(ev.result) if ev.result.calls else []:
-                        yield _event("content_block_start", index=index, content_block={**block, "input": {}})
-                        yield _event("content_block_delta", index=index, delta={
-                            "type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)})
-                        yield _event("content_block_stop", index=index)
-                        index += 1
-                    reason, sequence = api.stop_reason(ev.result)
-                    yield _event("message_delta", delta={"stop_reason": reason, "stop_sequence": sequence},
-                                 usage={"output_tokens": ev.result.stats.completion_tokens})
-                    yield _event("message_stop")
-                item = await worker.next(request)
-        finally:
-            worker.cancel()
+        async for kind, value in stream_items(worker, request, item):
+            if kind == "error":
+                yield _event("error", error={"type": anthropic_error_type(value.status), "message": value.message})
+                return
+            ev: StreamEvent = value
+            if ev.kind == "text" and ev.text:
+                if not text_open:
+                    yield _event("content_block_start", index=index, content_block={"type": "text", "text": ""})
+                    text_open = True
+                yield _event("content_block_delta", index=index, delta={"type": "text_delta", "text": ev.text})
+            elif ev.kind == "done" and ev.result is not None:
+                if text_open:
+                    yield _event("content_block_stop", index=index)
+                    index += 1
+                for block in api.content_blocks(ev.result) if ev.result.calls else []:
+                    yield _event("content_block_start", index=index, content_block={**block, "input": {}})
+                    yield _event("content_block_delta", index=index, delta={
+                        "type": "input_json_delta", "partial_json": json.dumps(block["input"], ensure_ascii=False)})
+                    yield _event("content_block_stop", index=index)
+                    index += 1
+                reason, sequence = api.stop_reason(ev.result)
+                yield _event("message_delta", delta={"stop_reason": reason, "stop_sequence": sequence},
+                             usage={"output_tokens": ev.result.stats.completion_tokens})
+                yield _event("message_stop")

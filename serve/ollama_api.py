@@ -16,7 +16,7 @@ from typing import Any
 from toolace.grammars.json_schema import ResponseFormat, compile_response_format
 
 from .errors import ApiError
-from .request_model import EngineRequest, engine_request
+from .request_model import EngineRequest, check_fields, engine_request
 
 OLLAMA_VERSION = "0.12.6"  # the Ollama API level these routes follow (clients check a minimum, e.g. 0.6.4)
 SAMPLING_OPTIONS = ("temperature", "top_p", "top_k", "min_p", "seed", "frequency_penalty", "presence_penalty")
@@ -27,10 +27,10 @@ RUNTIME_OPTIONS = frozenset({"num_thread", "num_gpu", "main_gpu", "use_mmap", "u
 NEUTRAL_OPTIONS: dict[str, Any] = {"repeat_penalty": 1.0, "repeat_last_n": 64, "typical_p": 1.0, "tfs_z": 1.0,
                                    "mirostat": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1,
                                    "penalize_newline": False}
-CHAT_FIELDS = frozenset({"model", "messages", "tools", "format", "options", "stream", "keep_alive", "think",
-                         "tool_choice", "logprobs", "top_logprobs"})
-GENERATE_FIELDS = frozenset({"model", "prompt", "system", "format", "options", "stream", "keep_alive", "think",
-                             "raw", "suffix", "images", "template", "context"})
+CHAT_FIELDS = frozenset({"model", "messages", "tools", "format", "options", "stream", "keep_alive", "tool_choice"})
+NEUTRAL_FIELDS: dict[str, tuple[Any, ...]] = {"think": (False,), "logprobs": (False,), "top_logprobs": (0,)}
+GENERATE_FIELDS = frozenset({"model", "prompt", "system", "format", "options", "stream", "keep_alive", "raw",
+                             "suffix", "images", "template", "context"})
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -39,12 +39,7 @@ def now_iso() -> str:
 
 
 def _check_fields(body: dict[str, Any], allowed: frozenset[str], where: str) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ApiError(400, f"unknown field {unknown[0]!r} for {where}", param=unknown[0])
-    for name in ("logprobs", "top_logprobs", "think"):
-        if body.get(name):
-            raise ApiError(400, f"{name} is not supported", param=name)
+    check_fields(body, allowed, NEUTRAL_FIELDS, "unknown field {name!r} for " + where, "{name} is not supported")
 
 
 def options_of(options: Any, n_ctx: int) -> tuple[dict[str, Any], Any, Any]:

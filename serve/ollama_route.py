@@ -15,9 +15,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from toolace.api import CallResult, StreamEvent, ToolACE
 
 from . import ollama_api as api
-from .errors import ApiError, api_error, gone_response
+from .errors import ApiError, gone_response
 from .request_model import EngineRequest
 from .requests import read_json
+from .worker import stream_items
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -138,23 +139,15 @@ class OllamaHandlers:
 
     async def _ndjson(self, worker: Worker, request: Request, item: tuple[str, Any], chat: bool,
                       started: float) -> AsyncIterator[bytes]:
-        try:
-            while True:
-                kind, value = item
-                if kind in ("gone", "end"):
-                    return
-                if kind in ("error", "timeout"):
-                    err = api_error(value, started=True) if kind == "error" else worker.timeout_error()
-                    yield (json.dumps({"error": err.message}) + "\n").encode()
-                    return
-                ev: StreamEvent = value
-                if ev.kind == "text" and ev.text:
-                    yield (json.dumps(self._line(chat, ev.text), ensure_ascii=False) + "\n").encode()
-                elif ev.kind == "done" and ev.result is not None:
-                    if ev.result.calls:  # the calls once complete and checked, arguments as objects
-                        line = self._line(chat, "", api.ollama_calls(ev.result.calls))
-                        yield (json.dumps(line, ensure_ascii=False) + "\n").encode()
-                    yield (json.dumps(self._final(ev.result, chat, started, include_text=False)) + "\n").encode()
-                item = await worker.next(request)
-        finally:
-            worker.cancel()
+        async for kind, value in stream_items(worker, request, item):
+            if kind == "error":
+                yield (json.dumps({"error": value.message}) + "\n").encode()
+                return
+            ev: StreamEvent = value
+            if ev.kind == "text" and ev.text:
+                yield (json.dumps(self._line(chat, ev.text), ensure_ascii=False) + "\n").encode()
+            elif ev.kind == "done" and ev.result is not None:
+                if ev.result.calls:  # the calls once complete and checked, arguments as objects
+                    line = self._line(chat, "", api.ollama_calls(ev.result.calls))
+                    yield (json.dumps(line, ensure_ascii=False) + "\n").encode()
+                yield (json.dumps(self._final(ev.result, chat, started, include_text=False)) + "\n").encode()

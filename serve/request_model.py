@@ -5,6 +5,8 @@ one place, under the name the client used (`where`), so an error names the field
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +56,19 @@ def engine_request(messages: Any, *, tools: list[dict[str, Any]] | None = None, 
     options = dict(max_tokens=max_tokens_of(max_tokens, names["max_tokens"]), stop=stop_of(stop, names["stop"]),
                    response_format=response_format, **sampling_of(sampling or {}))
     return EngineRequest(messages, toolset, options, flag(stream, names["stream"], False), n_of(n, names["n"]))
+
+
+def check_fields(body: dict[str, Any], accepted: Collection[str], neutral: Mapping[str, tuple[Any, ...]],
+                 unknown: str, unsupported: str) -> None:
+    """Every field of `body` is accepted, or neutral (absent, null or one of its neutral values), or refused by
+    name. `unknown` and `unsupported` are the dialect's messages, formatted with {name} (and {value})."""
+    for name, value in body.items():
+        if name in accepted:
+            continue
+        if name not in neutral:
+            raise ApiError(400, unknown.format(name=name), param=name)
+        if value is not None and value not in neutral[name]:
+            raise ApiError(400, unsupported.format(name=name, value=json.dumps(value)[:80]), param=name)
 
 
 def flag(value: Any, name: str, default: bool) -> bool:

@@ -15,6 +15,7 @@ from toolace.lru import LRU
 
 from .errors import ApiError
 from .request_model import EngineRequest, engine_request, flag
+from .request_model import check_fields as request_fields
 from .structured import text_format
 
 HONOURED = {"model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "text",
@@ -33,13 +34,8 @@ TEXT_PARTS = ("input_text", "output_text", "text")
 
 
 def check_fields(body: dict[str, Any]) -> None:
-    for name, value in body.items():
-        if name in HONOURED or name in IGNORED:
-            continue
-        if name not in NEUTRAL:
-            raise ApiError(400, f"unknown field {name!r} for /v1/responses", param=name)
-        if value is not None and value not in NEUTRAL[name]:
-            raise ApiError(400, f"field {name!r} is not supported (got {json.dumps(value)[:80]})", param=name)
+    request_fields(body, HONOURED | IGNORED, NEUTRAL, "unknown field {name!r} for /v1/responses",
+                   "field {name!r} is not supported (got {value})")
 
 
 @dataclass

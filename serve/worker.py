@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from starlette.requests import Request
@@ -140,3 +140,21 @@ async def watch_disconnect(request: Request, on_gone: Callable[[], None]) -> Non
         if message["type"] == "http.disconnect":
             on_gone()
             return
+
+
+async def stream_items(worker: Worker, request: Request, item: tuple[str, Any]) -> AsyncIterator[tuple[str, Any]]:
+    """A streaming request's items from `item` on, as ("item", value), then ("error", ApiError) if the generation
+    failed or passed its deadline; ends quietly when the client is gone or the generation ended. The worker is
+    cancelled on the way out, however the stream ends (a no-op once it finished)."""
+    try:
+        while True:
+            kind, value = item
+            if kind in ("gone", "end"):
+                return
+            if kind in ("error", "timeout"):
+                yield "error", api_error(value, started=True) if kind == "error" else worker.timeout_error()
+                return
+            yield "item", value
+            item = await worker.next(request)
+    finally:
+        worker.cancel()

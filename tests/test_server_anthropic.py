@@ -4,14 +4,13 @@ message), a tool_result round trip to a text answer, count_tokens, and errors in
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import anthropic
 import httpx
 import pytest
 
-from tests.helpers.server import Server, queue_drained
+from tests.helpers.server import Server, abandon_stream
 
 TOOLS = [{"name": "get_weather", "description": "Current weather in a city.",
           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
@@ -125,12 +124,4 @@ def test_client_raises_its_own_errors(server: Server) -> None:
 def test_stream_disconnect_frees_the_slot(server: Server) -> None:
     body = {"model": "demo", "max_tokens": 2000, "stream": True,
             "messages": [{"role": "user", "content": "Tell me a very long story."}]}
-    with httpx.stream("POST", f"{server.url}/v1/messages", json=body, timeout=120) as r:
-        for i, _ in enumerate(r.iter_lines()):
-            if i >= 8:
-                break
-    deadline = time.monotonic() + 60
-    while httpx.get(f"{server.url}/slots").json()["busy"]:
-        assert time.monotonic() < deadline, "the abandoned stream kept the model"
-        time.sleep(0.1)
-    queue_drained(server)
+    abandon_stream(server, "/v1/messages", body, 8)

@@ -6,15 +6,13 @@ methods, so SDKs raise their own typed errors with our message."""
 from __future__ import annotations
 
 import json
-import socket
-import time
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.helpers.server import TWO_TOOLS, Server, error_exact, healthy, queue_drained
+from tests.helpers.server import TWO_TOOLS, Server, error_exact, hang_up_mid_decode, healthy, queue_drained
 
 MODEL_ID = "toolace-demo"
 
@@ -112,35 +110,12 @@ def test_model_names_and_aliases(server: Server) -> None:
         assert _ask(server, "Hi.", model=name, max_tokens=2).model == MODEL_ID
 
 
-def _send_raw(server: Server, body: dict[str, Any]) -> socket.socket:
-    """A request on a raw socket, so the test can hang up without reading the answer."""
-    data = json.dumps(body).encode()
-    host, port = server.url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)))
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n" % len(data) + data)
-    return sock
-
-
 def test_abandoned_non_stream_request_is_cancelled(server: Server) -> None:
-    handlers = server.app.state.handlers
     eos = sorted(server.ta.model.eog_ids)
     body = {"model": "m", "messages": [{"role": "user", "content": "Tell me a very long story."}],
             "max_tokens": 3000, "temperature": 0, "logit_bias": {str(t): -100 for t in eos}}
-    before = len(handlers.disconnects)
     start = len(server.ta.prompt_tokens(body["messages"], None))
-    sock = _send_raw(server, body)
-    deadline = time.monotonic() + 60
-    while len(server.ta.model.tokens) < start + 20:  # it is decoding: the context holds the prompt and 20 tokens
-        assert time.monotonic() < deadline, "the request never started decoding"
-        time.sleep(0.01)
-    sock.close()
-    while server.app.state.slots.used or len(handlers.disconnects) == before or \
-            "progress_at_exit" not in handlers.disconnects[-1]:
-        assert time.monotonic() < deadline, "the abandoned request kept its slot"
-        time.sleep(0.01)
-    record = handlers.disconnects[-1]
-    assert record["progress_at_exit"] - record["progress_at_disconnect"] <= 1  # stopped within one decode step
+    record = hang_up_mid_decode(server, "/v1/chat/completions", body)
     assert record["progress_at_exit"] < start + 3000
     nxt = _ask(server, "Hi.", max_tokens=4)  # the next request runs at once: nothing holds the model
     assert nxt.choices[0].message.content is not None

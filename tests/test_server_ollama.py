@@ -5,7 +5,6 @@ Each asserts valid calls or schema-valid output, not just a 200; bad input gets 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ from pydantic import BaseModel
 
 from tests.helpers.fake_hub import FakeHub
 from tests.helpers.gguf_bytes import model_gguf
-from tests.helpers.server import QUESTION, Server, queue_drained
+from tests.helpers.server import QUESTION, Server, abandon_stream
 from toolace import models
 
 TOOL_QUESTION = "What's the weather like in Paris?"
@@ -167,15 +166,7 @@ def test_embed_is_a_clear_501(server: Server) -> None:
 def test_stream_disconnect_frees_the_slot(server: Server) -> None:
     body = {"model": "demo", "messages": [{"role": "user", "content": "Tell me a very long story."}],
             "options": {"num_predict": 2000, "temperature": 0}}
-    with httpx.stream("POST", f"{server.url}/api/chat", json=body, timeout=120) as r:
-        for i, _ in enumerate(r.iter_lines()):
-            if i >= 2:
-                break
-    deadline = time.monotonic() + 60
-    while httpx.get(f"{server.url}/slots").json()["busy"]:
-        assert time.monotonic() < deadline, "the abandoned stream kept the model"
-        time.sleep(0.1)
-    queue_drained(server)
+    abandon_stream(server, "/api/chat", body, 2)
 
 
 def test_pull_and_delete_onto_the_model_store(server: Server, hub: FakeHub, tmp_path: Path,

@@ -3,6 +3,7 @@ small checks every server test uses. Loopback only; nothing here touches the net
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -93,6 +94,50 @@ def queue_drained(server: Server) -> None:
     while httpx.get(f"{server.url}/health", timeout=10).json()["queue"]["used"] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert httpx.get(f"{server.url}/health", timeout=10).json()["queue"]["used"] == 0
+
+
+def abandon_stream(server: Server, path: str, body: dict[str, Any], lines: int) -> None:
+    """Start a streamed request, read `lines` lines, hang up; then the model must be free again (checked on /slots)
+    and no queue place left taken."""
+    with httpx.stream("POST", f"{server.url}{path}", json=body, timeout=TIMEOUT) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i >= lines:
+                break
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{server.url}/slots", timeout=10).json()["busy"]:
+        assert time.monotonic() < deadline, "the abandoned stream kept the model"
+        time.sleep(0.1)
+    queue_drained(server)
+
+
+def send_raw(server: Server, path: str, body: dict[str, Any]) -> socket.socket:
+    """A JSON POST on a raw socket, so a test can hang up without reading the answer."""
+    data = json.dumps(body).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n".encode()
+                 + b"Content-Length: %d\r\n\r\n" % len(data) + data)
+    return sock
+
+
+def hang_up_mid_decode(server: Server, path: str, body: dict[str, Any], tokens: int = 20) -> dict[str, int]:
+    """Send `body`, hang up once the model has decoded `tokens` more tokens, and wait until the server noted the
+    disconnect and the worker exited; the request must have stopped within one decode step. Returns the record."""
+    handlers = server.app.state.handlers
+    before, start = len(handlers.disconnects), server.ta.decode_progress()
+    sock = send_raw(server, path, body)
+    deadline = time.monotonic() + 60
+    while server.ta.decode_progress() < start + tokens:  # it is decoding
+        assert time.monotonic() < deadline, "the request never started decoding"
+        time.sleep(0.01)
+    sock.close()
+    while server.app.state.slots.used or len(handlers.disconnects) == before or \
+            "progress_at_exit" not in handlers.disconnects[-1]:
+        assert time.monotonic() < deadline, "the abandoned request kept its slot"
+        time.sleep(0.01)
+    record = handlers.disconnects[-1]
+    assert record["progress_at_exit"] - record["progress_at_disconnect"] <= 1  # stopped within one decode step
+    return record
 
 
 def post(server: Server, content: bytes | str, path: str = "/v1/chat/completions", **headers: str) -> httpx.Response:
