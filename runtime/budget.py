@@ -7,17 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from weakref import WeakKeyDictionary
 
-from ..grammars.plan import (  # noqa: F401 - re-exported: the decoder and the tests use them from here
-    Guard,
-    Lex,
-    Verdict,
-    find_loop,
-    json_value_depths,
-    prose_loop,
-    shortest_completion,
-    start_plan,
-    value_depths,
-)
+from ..grammars.loops import find_loop, json_value_depths, prose_loop, value_depths  # noqa: F401 - re-exported
+from ..grammars.plan import Guard, Lex, Verdict, shortest_completion, start_plan  # noqa: F401 - re-exported
 from .model import Model
 
 
