@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -80,8 +81,13 @@ def run(app: Any, sock: socket.socket, model: str, cancel_all: Callable[[], None
                 announce(ready_line(sock, model), ready_file)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
-            cancel_all()  # every generation stops at its next token, so connections close within the grace
-            super().handle_exit(sig, frame)
+            """A requested stop: cancel every generation (they stop at their next token, so connections close
+            within the grace) and shut down; a second Ctrl-C forces it. Unlike uvicorn's own, the signal is not
+            raised again afterwards, so a stop the app asked for ends with exit code 0."""
+            cancel_all()
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
 
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
                             lifespan="off")
