@@ -225,6 +225,12 @@ def _plot(report: dict[str, Any], out: str) -> None:
     save_png(fig, out)
 
 
+def save_json(report: dict[str, Any], out: str) -> None:
+    """A benchmark report written whole (atomically) as indented JSON."""
+    with atomic_output(Path(out)) as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+
+
 def save_png(fig: Any, out: str) -> None:
     """A matplotlib figure written whole (atomically) as a PNG, then closed."""
     import matplotlib.pyplot as plt

@@ -25,8 +25,8 @@ import httpx
 
 from toolace.errors import InputError
 from toolace.limits import MAX_BODY_BYTES
-from toolace.paths import atomic_output
 
+from .bench import save_json, save_png
 from .bench_serve import free_port, server_process
 
 MAX_SOAK_MINUTES = 120.0  # a soak is bounded: longer runs belong to a scheduled job, not a command
@@ -330,8 +330,7 @@ def bench_soak(model: str = "demo", minutes: float = 5.0, clients: int = 16, par
     report = {"model": model, "minutes": minutes, "clients": clients, "parallel": parallel, "seed": seed,
               **summarize(soak.rows, rss, final, 60 * minutes)}
     if json_out:
-        with atomic_output(Path(json_out)) as tmp:
-            tmp.write_text(json.dumps(report, indent=2))
+        save_json(report, json_out)
     if plot:
         plot_rss(report, plot)
     return report
@@ -349,10 +348,7 @@ def plot_rss(report: dict[str, Any], path: str) -> None:
     ax.set(xlabel="seconds", ylabel="server RSS (MB)",
            title=f"toolace serve soak: {report['clients']} clients, {report['requests']} requests")
     ax.legend()
-    fig.tight_layout()
-    with atomic_output(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def summary(report: dict[str, Any]) -> str:
