@@ -1,23 +1,24 @@
 """`toolace run` and `toolace chat`: the tool loop at the command line. Thin: flags go to toolace.agent.run; library
 errors become one line and SIGTERM unwinds like Ctrl-C, closing the MCP servers (the `edge` helper). Tools act on
-the user's machine, so without --yes each call is shown and runs only after a `y`. toolace/cli.py registers
-COMMANDS on the main group."""
+the user's machine, so without --yes each call is shown and runs only after a `y`. toolace/cli.py loads COMMANDS
+by name when one of them runs; this module imports only the shared flags (toolace/cli_options.py), never the CLI."""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from toolace.cli import model_options, sampling_options
+from toolace.cli_options import model_options, sampling_options
 from toolace.edge import edge
 from toolace.limits import DEFAULT_MAX_STEPS, TOOL_CALL_SECONDS
 
-from .loop import Approval, Step
-from .tools import ExecutableTool
+if TYPE_CHECKING:  # annotations only: the loop (and pydantic, the MCP SDK) load when a command runs
+    from .loop import Approval, Step
+    from .tools import ExecutableTool
 
 SHOWN_RESULT_CHARS = 300  # characters of a result echoed to the terminal (the model gets up to its own limit)
 
@@ -92,8 +93,9 @@ def _options(max_tokens: int, temperature: float, seed: int | None, no_parallel:
 @click.option("--json", "as_json", is_flag=True, help="Print the RunResult as one JSON object.")
 @edge
 def run(question: str, tools_file: str | None, functions_file: str | None, mcp_config: str | None, max_steps: int,
-        yes: bool, call_timeout: float, model: str, n_ctx: int, n_gpu_layers: str, engine: str, tool_choice: str,
-        max_tokens: int, temperature: float, seed: int | None, no_parallel: bool, as_json: bool) -> None:
+        yes: bool, call_timeout: float, model: str, n_ctx: int, n_gpu_layers: str, engine: str, kv_type: str,
+        tool_choice: str, max_tokens: int, temperature: float, seed: int | None, no_parallel: bool,
+        as_json: bool) -> None:
     """Ask QUESTION; run the calls the model makes, feed the results back, until it answers."""
     from toolace.api import ToolACE
 
@@ -105,7 +107,7 @@ def run(question: str, tools_file: str | None, functions_file: str | None, mcp_c
     with tool_sources(tools_file, functions_file, mcp_config) as (tools, warnings):
         for w in warnings:
             click.echo(f"warning: {w}", err=True)
-        ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine)
+        ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine, kv_type=kv_type)
         approve, ask = _hooks(tools, yes)
         result = run_loop(ta, question, tools, tool_choice, max_steps, approve, ask=ask,
                           on_step=None if as_json else _echo_step,
@@ -127,8 +129,8 @@ def run(question: str, tools_file: str | None, functions_file: str | None, mcp_c
 @sampling_options
 @edge
 def chat(tools_file: str | None, functions_file: str | None, mcp_config: str | None, max_steps: int, yes: bool,
-         call_timeout: float, model: str, n_ctx: int, n_gpu_layers: str, engine: str, tool_choice: str,
-         max_tokens: int, temperature: float, seed: int | None, no_parallel: bool) -> None:
+         call_timeout: float, model: str, n_ctx: int, n_gpu_layers: str, engine: str, kv_type: str,
+         tool_choice: str, max_tokens: int, temperature: float, seed: int | None, no_parallel: bool) -> None:
     """Interactive chat. Calls to --functions/--mcp tools run (after your `y`); for --tools you type the result."""
     from toolace.api import ToolACE
 
@@ -139,7 +141,7 @@ def chat(tools_file: str | None, functions_file: str | None, mcp_config: str | N
     with tool_sources(tools_file, functions_file, mcp_config) as (tools, warnings):
         for w in warnings:
             click.echo(f"warning: {w}", err=True)
-        ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine)
+        ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine, kv_type=kv_type)
         approve, ask = _hooks(tools, yes)
         history: list[dict[str, Any]] = []
         click.echo("toolace chat: empty line or Ctrl-D quits.")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PydanticUserError, Validation
 from toolace.errors import SchemaError
 from toolace.grammars.schema import SUBSCHEMA_KEYS, SUBSCHEMA_LIST_KEYS, SUBSCHEMA_MAP_KEYS, check_name
 
-from .tools import ExecutableTool, ToolOutput, to_text
+from .executable import ExecutableTool, ToolOutput, to_text
 
 _POSITIONAL_ONLY = inspect.Parameter.POSITIONAL_ONLY
 _VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)

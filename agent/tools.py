@@ -8,46 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
-from pydantic_core import to_json
-
 from toolace.errors import SchemaError
-from toolace.grammars.schema import normalise_tool
 
-Executor = Callable[[dict[str, Any], float], "ToolOutput"]  # (arguments, timeout seconds) -> output
+from .executable import ExecutableTool, Executor, ToolOutput, to_text
+from .functions import function_tool
 
-
-@dataclass(frozen=True)
-class ToolOutput:
-    """A call's result as the model will see it: text, and whether it is an error."""
-
-    content: str
-    is_error: bool = False
-
-
-@dataclass(frozen=True)
-class ExecutableTool:
-    """A tool dict (any dialect toolace reads) and the code behind it."""
-
-    spec: dict[str, Any]
-    execute: Executor | None = None
-    concurrent: bool = True  # False: never run beside another call of the same step
-    source: str = "python"  # python | mcp:<server> | user: shown in listings and errors
-
-    @cached_property
-    def name(self) -> str:  # once per tool: normalising checks the whole schema
-        return normalise_tool(self.spec).name
-
-
-def to_text(value: Any) -> str:
-    """A Python return value as tool-message text: strings verbatim, everything else as JSON."""
-    if isinstance(value, str):
-        return value
-    return to_json(value, fallback=repr).decode()
-
+__all__ = ["ExecutableTool", "Executor", "ToolOutput", "arguments_json", "as_tools", "error_text", "to_text"]
 
 def _kwargs_executor(fn: Callable[..., Any]) -> Executor:
     """Run `fn(**arguments)` for a tool dict paired with a plain callable (no schema conversion: the dict has it)."""
@@ -61,8 +29,6 @@ def _kwargs_executor(fn: Callable[..., Any]) -> Executor:
 def as_tools(items: Iterable[Any]) -> list[ExecutableTool]:
     """Turn a mixed tool list into ExecutableTools: callables, (dict, callable) pairs, plain dicts (no code),
     ExecutableTools, and anything with a `tools` attribute holding ExecutableTools (an `MCPServers`)."""
-    from .functions import function_tool  # functions imports this module
-
     out: list[ExecutableTool] = []
     for n, item in enumerate(items):
         if isinstance(item, ExecutableTool):

@@ -20,10 +20,11 @@ from tqdm import tqdm
 
 from toolace.errors import InputError, ModelFileError
 from toolace.limits import CONVERT_CHUNK_BYTES, MAX_MODEL_CARD_BYTES
-from toolace.paths import atomic_output
+from toolace.paths import WRITE_FAILURES, atomic_output, output_error
 
 from .checkpoint import Checkpoint, open_checkpoint, read_json
 from .llama import LlamaParams, TensorPlan, llama_params, permute_rows, plan_tensors, write_hparams
+from .partials import PART_SUFFIX, writing
 from .tokenizer import read_tokenizer
 
 log = logging.getLogger(__name__)
@@ -236,13 +237,21 @@ def convert(src: str | os.PathLike[str], outfile: str | os.PathLike[str], outtyp
     # The intermediate holds every source value exactly, so quantization rounds once: BF16 for BF16 checkpoints,
     # F32 where any tensor is F32 (F16 would round first), else F16.
     inter = "bf16" if srcs == {"BF16"} else "f32" if "F32" in srcs else "f16"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".{inter}.part", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".{inter}{PART_SUFFIX}", dir=out.parent)
+    except OSError as e:
+        raise output_error(out, f"cannot write: {e.strerror or e}") from None
     os.close(fd)
     tmp16 = Path(name)
     try:
-        write_gguf(ckpt, tmp16, inter, model_id)
-        quantize(tmp16, out, type=kind)
+        with writing(tmp16):  # locked while written: `toolace rm --partials` sweeps it only once nobody is
+            write_gguf(ckpt, tmp16, inter, model_id)
+            quantize(tmp16, out, type=kind)
+    except OSError as e:  # the intermediate hit a full disk: the same one line as the float path
+        if e.errno in WRITE_FAILURES:
+            raise output_error(out, f"cannot write: {e.strerror or e}") from None
+        raise
     finally:
         tmp16.unlink(missing_ok=True)
     return out

@@ -21,12 +21,13 @@ from toolace.errors import InputError
 from toolace.grammars.schema import Tool
 from toolace.paths import toolace_home
 
+from .defaults import DATA_ENV
+
 # The non-live categories (the data this project ships results for); any other BFCL v4 category file in the same
 # layout (live_simple, live_multiple, ...) is scored too when asked for by name.
 CATEGORIES = ("simple_python", "simple_java", "simple_javascript", "multiple", "parallel", "parallel_multiple",
               "irrelevance")
 STRING_LANGUAGES = {"simple_java": "Java", "simple_javascript": "JavaScript"}
-DATA_ENV = "TOOLACE_BFCL_DIR"
 _CATEGORY_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # a category is a file name part: no paths, no dots
 HOW_TO_GET_DATA = ("BFCL data is the `bfcl_eval/data` folder of the `bfcl-eval` package (pip download bfcl-eval "
                    "--no-deps, then unzip the wheel): BFCL_v4_<category>.json files and possible_answer/. Pass it "

@@ -26,11 +26,10 @@ from toolace.paths import atomic_output
 
 from .ast_checker import check
 from .bfcl import Question, category_names, default_data_dir, ground_truth_calls, is_irrelevance, load_questions
+from .defaults import DEFAULT_CATEGORIES, EVAL_MAX_TOKENS, TOOL_CHOICE_MODES
 
-DEFAULT_CATEGORIES = "simple_python,multiple,parallel,parallel_multiple,irrelevance"
-TOOL_CHOICE_MODES = ("category", "auto")
-# The longest BFCL ground truth (parallel_137) is 241 SmolLM2 tokens and ~200 Llama-3 tokens: 256 cuts none of them.
-EVAL_MAX_TOKENS = 256
+__all__ = ["DEFAULT_CATEGORIES", "EVAL_MAX_TOKENS", "TOOL_CHOICE_MODES", "compare", "evaluate"]
+
 COMPARE_TRANSCRIPTS = 20  # token-level comparison: enough positions (~800) for a stable KL mean, seconds on a laptop
 RAW_CHARS_KEPT = 400  # model output kept per question in the JSON report
 

@@ -24,7 +24,9 @@ import numpy as np
 from toolace.errors import GenerationError, InputError, ModelFileError
 from toolace.limits import MAX_FAST_FORWARD_TOKENS, MAX_PARALLEL, STEP_GATHER_SECONDS
 
-from .model import PREFILL_CHUNK, Model, check_eval, check_prompt, eval_in_chunks, reusable_prefix, whole_chunks
+from .chunks import PREFILL_CHUNK, eval_in_chunks, reusable_prefix, whole_chunks
+from .kv_types import KV_TYPES
+from .model import Model, check_eval, check_prompt
 
 
 @dataclass
@@ -69,7 +71,10 @@ class Batcher:
         params.kv_unified = False
         # Attention as a context of its own computes it (Model: llama-cpp-python's default, no flash attention), so
         # a slot's greedy answer equals the one-request engine's; llama.cpp's auto flash attention changed 12% of calls.
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # A quantized K/V cache (--kv-type) needs flash attention: then the slots use it as Model does.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if model.flash_attn \
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.type_k = params.type_v = KV_TYPES[model.kv_type][0]
         params.n_threads = params.n_threads_batch = model.n_threads
         ctx = llama_cpp.llama_init_from_model(model.llm._model.model, params)
         if not ctx:

@@ -8,7 +8,7 @@ import codecs
 import ctypes
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,39 +18,13 @@ import numpy as np
 from toolace.errors import ContextLengthError, GenerationError, InputError, ModelFileError
 from toolace.limits import DEFAULT_N_CTX, MAX_N_CTX
 
-from ..convert.gguf_check import check_gguf
+from .chunks import PREFILL_CHUNK as PREFILL_CHUNK  # re-exported: the rule's users import it with Model
+from .chunks import eval_in_chunks, reusable_prefix, whole_chunks
+from .kv_types import DEFAULT_KV_TYPE, KV_TYPES
+from .memory import LLAMA_CPP_BATCH, check_fits, check_kv_type
 from .prompt import LLAMA3_TEMPLATE, ChatTemplate, Segment
 
-# Prompts are evaluated in chunks of this many tokens at fixed positions (0, 64, 128, ...), and only whole chunks
-# are reused from the KV cache: a token's KV then always comes from the same batch shape, so greedy output does not
-# depend on what the cache held (llama.cpp's results differ in the last bits with the batch size, and a different
-# split of the uncached suffix used to flip close greedy choices). The cost: up to 63 cached tokens re-evaluated.
-PREFILL_CHUNK = 64
 MIN_CONTEXT = 64  # tokens in the unused context of a model whose decoding runs in parallel slots
-
-
-def whole_chunks(n: int) -> int:
-    """The first `n` tokens rounded down to whole PREFILL_CHUNK chunks: the part a later prompt may reuse."""
-    return n - n % PREFILL_CHUNK
-
-
-def eval_in_chunks(evaluate: Callable[[Sequence[int]], None], tokens: Sequence[int], start: int) -> int:
-    """Evaluate `tokens[start:]` (start on a chunk boundary) in PREFILL_CHUNK chunks at fixed positions; returns
-    how many leading tokens are now chunk-evaluated."""
-    for at in range(start, len(tokens), PREFILL_CHUNK):
-        evaluate(tokens[at: at + PREFILL_CHUNK])
-    return whole_chunks(len(tokens))
-
-
-def reusable_prefix(held: Sequence[int], chunked: int, tokens: Sequence[int]) -> int:
-    """Tokens of `tokens` a KV cache holding `held` can keep: whole PREFILL_CHUNK chunks of the common prefix within
-    its first `chunked` (chunk-evaluated) tokens, leaving at least one token to evaluate so logits are fresh."""
-    n = 0
-    for a, b in zip(held[:chunked], tokens, strict=False):
-        if a != b:
-            break
-        n += 1
-    return whole_chunks(min(n, len(tokens) - 1))
 
 
 def check_prompt(tokens: Sequence[int], n_ctx: int) -> None:
@@ -99,22 +73,36 @@ class Model:
 
     STATE_KIND = "context"  # the disk cache keys state files by kind (a whole context's state here)
 
+    @property
+    def flash_attn(self) -> bool:
+        """On with a quantized K/V cache only (llama.cpp needs it there); otherwise llama-cpp-python's default, off,
+        whose results the tests and the parallel slots match."""
+        return self.kv_type != DEFAULT_KV_TYPE
+
     def __init__(self, path: str | Path, n_ctx: int = DEFAULT_N_CTX, n_gpu_layers: int | str = "auto",
-                 n_threads: int | None = None, n_batch: int = 512, own_context: bool = True) -> None:
+                 n_threads: int | None = None, n_batch: int = LLAMA_CPP_BATCH, own_context: bool = True,
+                 kv_type: str = DEFAULT_KV_TYPE, kv_slots: int = 1) -> None:
+        """`kv_type`: the K/V cache type (runtime/memory.py KV_TYPES; the quantized ones switch flash attention on).
+        `kv_slots`: sequences of n_ctx tokens the model will hold (parallel slots), for the memory check."""
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelFileError(f"model file not found: {self.path}")
         if not 16 <= n_ctx <= MAX_N_CTX:
             raise InputError(f"n_ctx must be between 16 and {MAX_N_CTX}, got {n_ctx}")
-        check_gguf(self.path)  # refuse crafted files before llama.cpp parses them (it has overflowed on some)
+        self.kv_type = check_kv_type(kv_type)
         self.n_gpu_layers = resolve_gpu_layers(n_gpu_layers)
+        # Every part's header is checked before llama.cpp parses it (it has overflowed on crafted files), and the
+        # model's memory at this context is checked before it allocates any (an OOM kill says nothing).
+        self.memory = check_fits(self.path, n_ctx, kv_type, kv_slots, self.n_gpu_layers)
         # Prompt threads too: llama-cpp-python's default (every core) thrashes a busy small machine.
         threads = n_threads or default_threads()
         self.n_threads = threads
+        ggml_kv = KV_TYPES[kv_type][0]
         try:
             self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx if own_context else MIN_CONTEXT,
-                                       n_gpu_layers=self.n_gpu_layers,
-                                       n_threads=threads, n_threads_batch=threads, n_batch=n_batch, verbose=False)
+                                       n_gpu_layers=self.n_gpu_layers, type_k=ggml_kv, type_v=ggml_kv,
+                                       flash_attn=self.flash_attn, n_threads=threads, n_threads_batch=threads,
+                                       n_batch=n_batch, verbose=False)
         except (ValueError, RuntimeError) as e:
             raise ModelFileError(f"llama.cpp could not load {self.path}: {e}") from None
         self.ctx = self.llm._ctx.ctx

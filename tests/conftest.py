@@ -61,5 +61,7 @@ def tiny_llama_gguf(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Pa
     return converted(tmp_path_factory, tiny_llama_dir, "f16")
 
 
-# The served demo model (`server`, `small_server`), shared by the server test modules that do not define their own.
-pytest_plugins = ["tests.helpers.server"]
+# The served demo model (`server`, `small_server`), shared by the server test modules that do not define their own;
+# the fake Hugging Face hub on 127.0.0.1 (`hub`) and a model store fed from it (`hub_home`), shared by the download,
+# pull and store tests.
+pytest_plugins = ["tests.helpers.server", "tests.helpers.fake_hub", "tests.helpers.gguf_repos"]

@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.helpers.procs import descendants, with_marker
-from toolace.agent import MCPServers, ServerConfig
+from toolace.agent import MCPServers, ServerConfig, run
 from toolace.agent.loop import DECLINED, TRUNCATED, _execute
 from toolace.agent.tools import as_tools
 from toolace.api import ToolACE
@@ -92,7 +92,7 @@ def assert_fed_back(result: Any, step: int = 0) -> None:
 
 def test_python_function_loop(ta: ToolACE) -> None:
     CALLED.clear()
-    result = ta.run(QUESTION, [get_weather], tool_choice="required", max_steps=2, **OPTIONS)
+    result = run(ta, QUESTION, [get_weather], tool_choice="required", max_steps=2, **OPTIONS)
     first = result.steps[0]
     assert first.calls[0]["name"] == "get_weather" and CALLED
     assert first.results[0] == {"id": first.calls[0]["id"], "name": "get_weather", "is_error": False,
@@ -104,7 +104,7 @@ def test_python_function_loop(ta: ToolACE) -> None:
 
 def test_mcp_loop_through_the_api(ta: ToolACE, no_leaks: None) -> None:
     with MCPServers([ServerConfig("weather", sys.executable, (SERVER,))]) as servers:
-        result = ta.run(QUESTION, [servers], tool_choice="get-weather", max_steps=2, **OPTIONS)
+        result = run(ta, QUESTION, [servers], tool_choice="get-weather", max_steps=2, **OPTIONS)
     call, res = result.steps[0].calls[0], result.steps[0].results[0]
     assert call["name"] == "get-weather" and isinstance(call["arguments"]["city"], str)
     assert res["content"] == f"Sunny, 22 degrees celsius in {call['arguments']['city']}" or \
@@ -178,7 +178,7 @@ FAULTS = [
 
 @pytest.mark.parametrize("tool, told", FAULTS, ids=[f.__name__ for f, _ in FAULTS])
 def test_fault_is_a_result_and_the_loop_goes_on(ta: ToolACE, tool: Any, told: str) -> None:
-    result = ta.run(QUESTION, [tool, get_weather], tool_choice=tool.__name__, max_steps=2, call_timeout=0.5,
+    result = run(ta, QUESTION, [tool, get_weather], tool_choice=tool.__name__, max_steps=2, call_timeout=0.5,
                     max_result_chars=2000, parallel_tool_calls=False, **OPTIONS)
     res = result.steps[0].results[0]
     assert res["name"] == tool.__name__ and told in res["content"]
@@ -197,7 +197,7 @@ def test_call_cut_short_by_max_tokens_is_not_run(ta: ToolACE) -> None:
         saved.append(text)
         return "saved"
 
-    result = ta.run("Write a long note about the history of Paris and save it.", [save_note],
+    result = run(ta, "Write a long note about the history of Paris and save it.", [save_note],
                     tool_choice="save_note", max_steps=1, max_tokens=10)
     assert result.steps[0].calls[0]["name"] == "save_note"
     assert result.steps[0].results[0]["content"] == TRUNCATED and saved == []
@@ -206,7 +206,7 @@ def test_call_cut_short_by_max_tokens_is_not_run(ta: ToolACE) -> None:
 
 def test_mcp_server_that_dies_mid_run(ta: ToolACE, no_leaks: None) -> None:
     with MCPServers([ServerConfig("weather", sys.executable, (SERVER,))]) as servers:
-        result = ta.run(QUESTION, [servers], tool_choice="crash", max_steps=2, **OPTIONS)
+        result = run(ta, QUESTION, [servers], tool_choice="crash", max_steps=2, **OPTIONS)
     res = result.steps[0].results[0]
     assert res["name"] == "crash" and res["is_error"] and "MCP server 'weather'" in res["content"]
     assert_fed_back(result)

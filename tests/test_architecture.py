@@ -87,3 +87,85 @@ def test_module_and_function_sizes(module: Path) -> None:
     text = module.read_text()
     assert text.count("\n") <= MAX_MODULE_LINES, f"{module.name}: {text.count(chr(10))} lines"
     assert _too_long_functions(ast.parse(text)) == []
+
+
+# --- import cycles, lazy imports included ----------------------------------------------------------------------------
+def module_name(module: Path) -> str:
+    """The dotted name a source file is imported as (pyproject maps runtime/ to toolace.runtime, and so on)."""
+    parts = list(module.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts if parts[0] == "toolace" else ["toolace", *parts])
+
+
+def import_graph(sources: dict[str, tuple[Path, str]]) -> dict[str, set[str]]:
+    """Module -> the project modules it imports, from every import statement wherever it stands: at the top, inside
+    a function (a lazy import), under `if TYPE_CHECKING:`. `from pkg import name` is an edge to `pkg.name` when that
+    is a module, else to `pkg`."""
+    graph: dict[str, set[str]] = {}
+    for name, (path, source) in sources.items():
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = _absolute(path, node)
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in sources else base for a in node.names]
+            else:
+                continue
+            edges.update(t for t in targets if t in sources and t != name)
+        graph[name] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), each sorted: every import cycle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while (w := stack.pop()) != v:
+                component.append(w)
+            component.append(v)
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"toolace/a.py": "import toolace.b", "toolace/b.py": "def f():\n    from toolace import a"},
+     [["toolace.a", "toolace.b"]]),  # a lazy import closing the loop is still a cycle
+    ({"toolace/a.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from toolace.b import B",
+      "toolace/b.py": "from toolace.a import A"}, [["toolace.a", "toolace.b"]]),
+    ({"runtime/x.py": "from .y import Y", "runtime/y.py": "from ..convert.z import Z",
+      "convert/z.py": "from toolace.runtime import x"},
+     [["toolace.convert.z", "toolace.runtime.x", "toolace.runtime.y"]]),
+    # near misses: a chain, and a module importing a name its package re-exports
+    ({"toolace/a.py": "import toolace.b", "toolace/b.py": "import toolace.c", "toolace/c.py": "import json"}, []),
+    ({"agent/__init__.py": "from .loop import run", "agent/loop.py": "from toolace.errors import E",
+      "toolace/errors.py": ""}, []),
+])
+def test_cycle_finder_table(files: dict[str, str], expected: list[list[str]]) -> None:
+    sources = {module_name(REPO / f): (REPO / f, text) for f, text in files.items()}
+    assert cycles(import_graph(sources)) == expected
+
+
+def test_no_import_cycles() -> None:
+    sources = {module_name(p): (p, p.read_text()) for p in _modules(PACKAGES)}
+    assert cycles(import_graph(sources)) == []

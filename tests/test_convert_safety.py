@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from toolace.cli_convert import pull_cmd
+from toolace.cli_models import pull_cmd
 from toolace.convert import store
 from toolace.convert.hub import check_repo_id
 from toolace.convert.info import info

@@ -1,5 +1,6 @@
 """Writes that fail midway (disk full, file too large): one clear error, nothing at any output path, no temp file
-left, and a prompt-cache write that fails does not fail the answer. The failure is real: the command runs in a
+left (a pull keeps only its resumable partial download), and a prompt-cache write that fails does not fail the
+answer. The failure is real: the command runs in a
 subprocess under RLIMIT_FSIZE (SIGXFSZ ignored), so the kernel refuses the write that crosses the limit with EFBIG,
 as a full disk refuses one with ENOSPC."""
 
@@ -13,6 +14,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLES
+from tests.helpers.fake_hub import FakeHub
+from tests.helpers.gguf_repos import TINY, TINY_FILES, resolve_gets, store_files
+from toolace import models
+from toolace.convert import store
 
 MB = 2**20
 
@@ -46,6 +51,31 @@ def test_convert_into_a_full_disk(tiny_llama_dir: Path, tmp_path: Path) -> None:
     assert list(out.parent.iterdir()) == []
     ok = _run(1024 * MB, "convert", str(tiny_llama_dir), "-o", str(out), "--outtype", "f16")  # near miss
     assert ok.returncode == 0 and out.is_file(), ok.stderr[-2000:]
+
+
+def test_convert_quantized_into_a_full_disk(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """The quantized path writes a 16-bit intermediate first; it hits the limit, and the same one line comes back
+    as for the float path, with neither the intermediate nor the output left."""
+    out = tmp_path / "out" / "tiny-q8.gguf"
+    proc = _run(4 * MB, "convert", str(tiny_llama_dir), "-o", str(out), "--outtype", "Q8_0")
+    assert proc.returncode == 1
+    assert _error_line(proc) == f"Error: {out}: cannot write: File too large; nothing was written there"
+    assert list(out.parent.iterdir()) == []
+    ok = _run(1024 * MB, "convert", str(tiny_llama_dir), "-o", str(out), "--outtype", "Q8_0")  # near miss
+    assert ok.returncode == 0 and [p.name for p in out.parent.iterdir()] == [out.name], ok.stderr[-2000:]
+
+
+def test_pull_into_a_full_disk(hub_home: Path, hub: FakeHub) -> None:
+    """A pulled GGUF that hits the limit: one line, nothing registered, and the bytes that made it kept for the
+    next pull, which resumes from them."""
+    proc = _run(100_000, "pull", TINY)
+    folder = hub_home / "models" / ".pulls" / "team-ace--tiny-gguf--q4_k_m"
+    assert proc.returncode == 1
+    assert _error_line(proc) == (f"Error: {folder}: cannot write: File too large; the 100,000 bytes downloaded are "
+                                 "kept there for the same pull to resume (`toolace rm --partials` removes them)")
+    assert store_files(hub_home) == {} and store.entry("tiny-gguf") is None
+    assert models.pull(TINY)["size"] == len(TINY_FILES["tiny.Q4_K_M.gguf"])  # near miss: room again, it resumes
+    assert resolve_gets(hub)[-1] == ("tiny.Q4_K_M.gguf", "bytes=100000-")
 
 
 def test_quantize_into_a_full_disk(tiny_llama_gguf: Path, tmp_path: Path) -> None:

@@ -1,148 +1,24 @@
 """`download()` against a hostile or flaky hub: a real HTTP server on 127.0.0.1 speaks the few Hugging Face Hub
 endpoints snapshot_download uses (model info, tree listing, HEAD/GET of /resolve with Range), and can list path-trick
-file names, drop a connection mid-file, or advertise an LFS sha256 that its bytes do not have. Nothing leaves the
-machine: HF_ENDPOINT and huggingface_hub's import-time endpoint constants both point at the local server."""
+file names, drop a connection mid-file, or advertise an LFS sha256 that its bytes do not have (the `hub` fixture,
+tests/helpers/fake_hub.py). Nothing leaves the machine: HF_ENDPOINT and huggingface_hub's import-time endpoint
+constants both point at the local server."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from tests.helpers.fake_hub import CHUNK, COMMIT, FILES, REPO_ID, WEIGHTS, FakeHub
 from toolace.convert.hub import download, hub_cache_dir
 from toolace.errors import DownloadError
-
-REPO_ID = "Team-ACE/Hostile"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-WEIGHTS = bytes(range(256)) * 4096  # 1 MiB: several download chunks, so a drop lands mid-file
-CHUNK = 64 * 1024  # huggingface_hub's download chunk here (10 MiB by default): it writes whole chunks only
-FILES = {"config.json": b'{"model_type": "llama"}', "sub/model.safetensors": WEIGHTS}
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _git_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-@dataclass
-class FakeHub:
-    """What the server serves; tests change it between calls. LFS = *.safetensors, as on the real hub."""
-
-    files: dict[str, bytes] = field(default_factory=lambda: dict(FILES))
-    listed: list[str] = field(default_factory=list)  # names only in model_info's siblings (never served)
-    tree_only: list[str] = field(default_factory=list)  # names only in the tree listing (never served)
-    sha: str = COMMIT
-    advertised: dict[str, str] = field(default_factory=dict)  # LFS sha256 claimed for a file, if not its own
-    drop_after: dict[str, int] = field(default_factory=dict)  # first GET of a file: close after this many bytes
-    fail_ranges: bool = False  # answer a ranged (resuming) GET with 500
-    requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range header)
-    url: str = ""
-
-    def lfs_sha(self, name: str) -> str:
-        return self.advertised.get(name, _sha256(self.files[name]))
-
-    def tree_entry(self, name: str) -> dict:
-        data = self.files.get(name, b"")
-        entry = {"type": "file", "path": name, "size": len(data), "oid": _git_sha1(data)}
-        if name.endswith(".safetensors"):
-            entry["lfs"] = {"oid": self.lfs_sha(name) if name in self.files else _sha256(data),
-                            "size": len(data), "pointerSize": 134}
-        return entry
-
-
-def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
-    api = re.compile(rf"/api/models/{re.escape(REPO_ID)}(?:/(revision|tree)/([^/]+))?")
-    resolve = re.compile(rf"/{re.escape(REPO_ID)}/resolve/([0-9a-f]{{40}})/(.+)")
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:  # keep pytest output clean
-            pass
-
-        def _send(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def _json(self, obj: object) -> None:
-            body = json.dumps(obj).encode()
-            self._send(200, {"Content-Type": "application/json", "Content-Length": str(len(body))}, body)
-
-        def do_HEAD(self) -> None:
-            self.do_GET()
-
-        def do_GET(self) -> None:
-            path = urlsplit(self.path).path
-            hub.requests.append((self.command, path, self.headers.get("Range")))
-            if m := api.fullmatch(path):
-                names = [*hub.files, *hub.listed]
-                if m[1] != "tree":
-                    return self._json({"id": REPO_ID, "sha": hub.sha, "siblings": [{"rfilename": n} for n in names]})
-                return self._json([hub.tree_entry(n) for n in [*hub.files, *hub.tree_only]])
-            m = resolve.fullmatch(path)
-            name = unquote(m[2]) if m else ""
-            if not m or m[1] != hub.sha or name not in hub.files:
-                error = "EntryNotFound" if m else "RepoNotFound"
-                return self._send(404, {"X-Error-Code": error, "Content-Length": "0"})
-            data = hub.files[name]
-            headers = {"X-Repo-Commit": hub.sha, "ETag": f'"{_git_sha1(data)}"', "Accept-Ranges": "bytes"}
-            if name.endswith(".safetensors"):
-                headers |= {"X-Linked-Etag": f'"{hub.lfs_sha(name)}"', "X-Linked-Size": str(len(data))}
-            start = int(r[6:-1]) if (r := self.headers.get("Range")) and re.fullmatch(r"bytes=\d+-", r) else 0
-            if start and hub.fail_ranges:
-                return self._send(500, {"Content-Length": "0"})
-            if start:
-                headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-            headers["Content-Length"] = str(len(data) - start)
-            if self.command == "GET" and name in hub.drop_after:  # promise the whole file, send part, hang up
-                self._send(200, headers, data[:hub.drop_after.pop(name)])
-                self.wfile.flush()
-                self.close_connection = True
-                return
-            self._send(206 if start else 200, headers, data[start:])
-
-    return Handler
-
-
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
-    """A fresh fake hub on a random local port, an empty HF cache under tmp_path, online mode."""
-    from huggingface_hub import constants
-
-    state = FakeHub()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    monkeypatch.setenv("HF_ENDPOINT", state.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for var in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    # huggingface_hub read these at import (perhaps while another test had HF_HUB_OFFLINE=1): pin them here too,
-    # so that no code path can reach huggingface.co.
-    monkeypatch.setattr(constants, "ENDPOINT", state.url)
-    template = state.url + "/{repo_id}/resolve/{revision}/{filename}"
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", CHUNK)
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join()
 
 
 def _assert_snapshot(snap: Path, files: dict[str, bytes] = FILES, commit: str = COMMIT) -> None:

@@ -1,7 +1,7 @@
-"""Click commands for the engine's model-file verbs: `convert`, `quantize`, `pull`, `info`. Thin on purpose: each
-passes its flags, named as the library function's parameters, straight through, and turns a ToolaceError into one
-line and the error's exit code. They live here, not in convert/, because the engine never imports the CLI edge;
-toolace/cli.py registers them on the main group."""
+"""Click commands for the engine's model-file verbs: `convert`, `quantize`, `info` (the store's `pull`, `list`,
+`show` and `rm` are in cli_models.py). Thin on purpose: each passes its flags, named as the library function's
+parameters, straight through, and turns a ToolaceError into one line and the error's exit code. They live here, not
+in convert/, because the engine never imports the CLI edge; toolace/cli.py loads them by name (VERB_MODULES)."""
 
 from __future__ import annotations
 
@@ -47,17 +47,6 @@ def quantize_cmd(**kwargs: Any) -> None:
     click.echo(_call(quantize, **kwargs))
 
 
-@click.command("pull")
-@click.argument("repo_id")
-@click.option("-q", "--quant", default="Q4_K_M", show_default=True, help="llama.cpp quantization type.")
-@click.option("--revision", default=None, help="Hub branch, tag or commit.")
-def pull_cmd(**kwargs: Any) -> None:
-    """Download a hub checkpoint, convert and quantize it into the model store, and register it."""
-    from toolace.convert.pull import pull
-
-    click.echo(_call(pull, **kwargs))
-
-
 @click.command("info")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -69,4 +58,4 @@ def info_cmd(file: str, as_json: bool) -> None:
     click.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))
 
 
-COMMANDS = (convert_cmd, quantize_cmd, pull_cmd, info_cmd)
+COMMANDS = (convert_cmd, quantize_cmd, info_cmd)

@@ -49,5 +49,17 @@ class DownloadError(ToolaceError):
     """A download failed, was refused (path tricks, pickles) or did not match its hash."""
 
 
+class DownloadCancelled(DownloadError):
+    """A download stopped by its caller (a cancel event, Ctrl-C); the partial file is kept, the next pull resumes it.
+    Exit code 130, as for any command stopped by SIGINT."""
+
+    exit_code = 130
+
+
+class ResourceError(ToolaceError):
+    """The machine lacks the room a job needs (RAM for a model at its context, disk space for a download); refused
+    before any of it is used, with the numbers and the ways out."""
+
+
 class ToolServerError(ToolaceError):
     """An MCP tool server could not be started, or did not answer initialize in time."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -70,7 +71,9 @@ def atomic_output(path: str | os.PathLike[str], suffix: str = ".part") -> Iterat
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     except OSError as e:
         raise output_error(target, f"cannot write: {e.strerror or e}") from None
-    os.close(fd)
+    # Held until the file is renamed or removed: a temp file whose lock is free was left by a dead process (kill -9),
+    # which is how `toolace rm --partials` tells leftovers from writes in progress (convert/partials.py).
+    fcntl.flock(fd, fcntl.LOCK_EX)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -81,4 +84,6 @@ def atomic_output(path: str | os.PathLike[str], suffix: str = ".part") -> Iterat
         if isinstance(e, OSError) and e.errno in WRITE_FAILURES:
             raise output_error(target, f"cannot write: {e.strerror or e}") from None
         raise
+    finally:
+        os.close(fd)
 

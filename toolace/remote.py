@@ -12,13 +12,13 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from toolace.api import CallResult, ChatSurface, StreamEvent
 from toolace.errors import GenerationError
 from toolace.grammars.gbnf import render_calls
 from toolace.grammars.parser import Call
 from toolace.grammars.toolset import ToolSet, build_toolset
 from toolace.limits import DEFAULT_MAX_TOKENS, REMOTE_TIMEOUT_SECONDS
 from toolace.runtime.generate import GenerationStats
+from toolace.surface import CallResult, ChatSurface, StreamEvent
 
 
 def _request_tools(toolset: ToolSet) -> dict[str, Any]:

@@ -49,3 +49,30 @@ def valid_gguf() -> bytes:
            kv("tokenizer.ggml.token_type", ARRAY, [1, 1, 1], I32),
            kv("tokenizer.ggml.bos_token_id", U32, 0)]
     return gguf_file(kvs, [tensor_info("w", [8])], data=bytes(32))
+
+
+LLAMA3_STYLE_TEMPLATE = ("{{- bos_token }}{%- for m in messages %}{{- '<|start_header_id|>' + m['role'] + "
+                         "'<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>' }}{%- endfor %}"
+                         "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+                         "{%- endif %}")
+
+
+def model_gguf(file_type: int = 15, fill: int = 0, n_values: int = 50_000,
+               template: str | None = LLAMA3_STYLE_TEMPLATE, split: tuple[int, int] | None = None) -> bytes:
+    """A well-formed GGUF whose header describes a small Llama (2 layers, width 8, 4 tokens, trained context 4096)
+    and which carries one F32 tensor of `n_values` values filled with `fill` (so files of different quants differ
+    in content, as they do on the hub). `split`: (part number, part count) for a split model's part, whose extra
+    parts carry tensor data only, as gguf-split writes them."""
+    kvs = [kv("general.architecture", STRING, "llama"), kv("general.file_type", U32, file_type)]
+    if split is None or split[0] == 1:
+        kvs += [kv("llama.block_count", U32, 2), kv("llama.embedding_length", U32, 8),
+                kv("llama.attention.head_count", U32, 2), kv("llama.attention.head_count_kv", U32, 1),
+                kv("llama.feed_forward_length", U32, 16), kv("llama.context_length", U32, 4096),
+                kv("tokenizer.ggml.tokens", ARRAY, ["a", "b", "c", "d"], STRING)]
+        if template is not None:
+            kvs.append(kv("tokenizer.chat_template", STRING, template))
+    if split is not None:
+        kvs += [kv("split.no", U16, split[0] - 1), kv("split.count", U16, split[1])]
+    name = f"w{split[0]}" if split else "w"
+    data = struct.pack("<f", float(fill)) * n_values
+    return gguf_file(kvs, [tensor_info(name, [n_values])], data=data + bytes(-len(data) % 32))
