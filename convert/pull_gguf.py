@@ -238,8 +238,12 @@ def pull_gguf(listing_: Listing, choice: GGUFChoice, name: str, endpoint: str | 
             raise
         except Exception as e:  # the HTTP client's own errors (connection refused, retries exhausted)
             raise DownloadError(f"{where}: download failed: {type(e).__name__}: {e}") from None
-        sha = [_verify(f, p, listing_.repo_id) for f, p in zip(files, parts, strict=True)]
-        template = _check_model(parts, where)
+        try:
+            sha = [_verify(f, p, listing_.repo_id) for f, p in zip(files, parts, strict=True)]
+            template = _check_model(parts, where)
+        except ToolaceError:  # bytes that are wrong, or a model toolace refuses: nothing to resume, nothing kept
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         placed = _install(name, parts, choice)
         store.register(name, placed[0], source=listing_.repo_id, revision=listing_.commit, quant=choice.quant,
                        files=[str(p) for p in placed], size=total, sha256=sha[0], template=template,

@@ -177,7 +177,7 @@ def check_ram(shape: ModelShape, n_ctx: int, kv_type: str, slots: int, what: str
     fits = _largest_fitting_ctx(shape, kv_type, slots, room)
     if fits >= KV_CELL_ALIGN:
         fixes.append(f"--n-ctx {fits} or less")
-    fixes.append("a smaller quant (toolace pull REPO:Q4_K_M, or Q3_K_M)")
+    fixes.append("a quant with fewer bits (toolace pull REPO:QUANT)")
     if kv_type == DEFAULT_KV_TYPE:
         fixes.append(f"--kv-type q8_0 (needs {gib(estimate_memory(shape, n_ctx, 'q8_0', slots).total)})")
     if slots > 1:

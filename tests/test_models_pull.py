@@ -114,8 +114,7 @@ def test_sha256_mismatch_registers_nothing(hub_home: Path, hub: FakeHub) -> None
                                             rf"{sha256_hex(TINY_FILES['tiny.Q4_K_M.gguf'])} does not match the "
                                             rf"hub's {claimed}; removed the download, nothing was registered"):
         models.pull(TINY)
-    assert store_files(hub_home) == {} and models.list(partials=False) == []
-    assert [p.name for p in (hub_home / "models" / ".pulls").rglob("*.part")] == []
+    assert store_files(hub_home) == {} and models.list() == []
     hub.advertised = {}  # near miss: the honest hub
     assert models.pull(TINY)["sha256"] == sha256_hex(TINY_FILES["tiny.Q4_K_M.gguf"])
 
@@ -152,3 +151,31 @@ def test_name_collisions_and_long_names_refused_before_download(hub_home: Path, 
                                          r"one with --name NAME"):
         models.pull(long_repo)
     assert hub.requests == []  # not even the listing was asked for
+
+
+def test_template_that_does_not_render_is_refused(hub_home: Path, hub: FakeHub) -> None:
+    from tests.helpers.gguf_bytes import model_gguf
+    from toolace.errors import ModelFileError
+
+    hub.repos["Team-ACE/Broken-GGUF"] = {"broken.Q4_K_M.gguf": model_gguf(15, template="{% for m in messages %}")}
+    with pytest.raises(ModelFileError, match=r"^Team-ACE/Broken-GGUF:Q4_K_M: chat template does not compile: .*; "
+                                             r"not registered$"):
+        models.pull("Team-ACE/Broken-GGUF")
+    assert store_files(hub_home) == {} and models.list(partials=False) == []
+    assert models.list() == []  # the refused bytes are gone, not left as a partial download
+    hub.repos["Team-ACE/Broken-GGUF"] = {"broken.Q4_K_M.gguf": model_gguf(15, template=None)}  # near miss: none
+    entry = models.pull("Team-ACE/Broken-GGUF")
+    assert entry["template"]["present"] is False and entry["state"] == "ready"
+
+
+def test_safetensors_repo_goes_the_convert_path(hub_home: Path, hub: FakeHub, tiny_llama_dir: Path) -> None:
+    """No GGUF in the repo: the checkpoint is downloaded, converted and quantized here, and registered with the
+    repo, the commit and the quant it was pulled as."""
+    hub.repos["Team-ACE/Tiny-HF"] = {p.name: p.read_bytes() for p in tiny_llama_dir.iterdir() if p.is_file()}
+    entry = models.pull("Team-ACE/Tiny-HF:q8_0")
+    assert (entry["name"], entry["source"], entry["revision"], entry["quant"], entry["kind"]) == \
+        ("tiny-hf", "Team-ACE/Tiny-HF", COMMIT, "Q8_0", "converted")
+    assert entry["path"] == str(hub_home / "models" / "tiny-hf-Q8_0.gguf")
+    assert entry["sha256"] == sha256_hex(Path(entry["path"]).read_bytes())
+    assert models.show("tiny-hf")["quant"] == "Q8_0"
+    assert {f for f, _ in resolve_gets(hub)} == {p.name for p in tiny_llama_dir.iterdir() if p.is_file()}
