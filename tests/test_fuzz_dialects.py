@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.test_fuzz import FUZZ
+from toolace.limits import DEFAULT_MAX_TOKENS
 from toolace.serve import anthropic_api, ollama_api
 from toolace.serve.errors import ApiError, api_error
 from toolace.serve.request_model import EngineRequest
@@ -71,6 +72,8 @@ def test_near_misses_pass() -> None:
     assert isinstance(ADAPTERS["responses"]({"input": "hi", "max_output_tokens": 4}), EngineRequest)
     assert isinstance(ADAPTERS["ollama_chat"]({"messages": msgs, "options": {"num_predict": 4}}), EngineRequest)
     assert isinstance(ADAPTERS["ollama_generate"]({"prompt": "hi"}), EngineRequest)
+    unbounded = ADAPTERS["ollama_chat"]({"messages": msgs, "options": {"num_predict": -1}})  # Ollama's "no limit"
+    assert unbounded.options["max_tokens"] == DEFAULT_MAX_TOKENS
     assert isinstance(anthropic_api.messages_request({"messages": msgs, "max_tokens": 4,
                                                       "tools": [{"name": "f", "input_schema": {"type": "object"}}],
                                                       "tool_choice": {"type": "any"}}), EngineRequest)
