@@ -13,6 +13,7 @@ from toolace.limits import (
     LOOP_MIN_SPAN_TOKENS,
     PROSE_LOOP_MAX_PERIOD,
     PROSE_LOOP_MIN_CHARS,
+    PROSE_LOOP_MIN_SPAN_TOKENS,
     PROSE_LOOP_REPEATS,
 )
 
@@ -72,12 +73,12 @@ def json_value_depths(text: str) -> list[int]:
     return depths
 
 
-def find_loop(tokens: Sequence[int]) -> tuple[int, int] | None:
+def find_loop(tokens: Sequence[int], min_span: int = LOOP_MIN_SPAN_TOKENS) -> tuple[int, int] | None:
     """(period, repeats) if the output ends with at least LOOP_MIN_REPEATS copies of one token cycle of period <=
-    LOOP_MAX_PERIOD_TOKENS spanning >= LOOP_MIN_SPAN_TOKENS tokens; the shortest period wins."""
+    LOOP_MAX_PERIOD_TOKENS spanning >= `min_span` tokens; the shortest period wins."""
     n = len(tokens)
     for p in range(1, LOOP_MAX_PERIOD_TOKENS + 1):
-        need = max(LOOP_MIN_REPEATS, -(-LOOP_MIN_SPAN_TOKENS // p))
+        need = max(LOOP_MIN_REPEATS, -(-min_span // p))
         if n < need * p:
             break
         cycle = tokens[n - p:]
@@ -90,6 +91,13 @@ def find_loop(tokens: Sequence[int]) -> tuple[int, int] | None:
 
 
 _UNIT_END = re.compile(r"(?<=[.!?])\s+|\n")  # a sentence ends at . ! ? before a space; a line at its newline
+
+
+def prose_phrase_loop(tokens: Sequence[int]) -> bool:
+    """A text answer repeating one phrase inside a sentence that never ends ("that contains a nested JSON object"
+    over and over): LOOP_MIN_REPEATS copies of a token cycle spanning PROSE_LOOP_MIN_SPAN_TOKENS, longer than a value's
+    runaway needs, so a row of short repeats in real text ("0, 0, 0" in a small matrix) is left alone."""
+    return find_loop(tokens, PROSE_LOOP_MIN_SPAN_TOKENS) is not None
 
 
 def prose_loop(text: str, piece: str) -> bool:

@@ -7,7 +7,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from weakref import WeakKeyDictionary
 
-from ..grammars.loops import find_loop, json_value_depths, prose_loop, value_depths  # noqa: F401 - re-exported
+from ..grammars.loops import (  # noqa: F401 - re-exported
+    find_loop,
+    json_value_depths,
+    prose_loop,
+    prose_phrase_loop,
+    value_depths,
+)
 from ..grammars.plan import Guard, Lex, Verdict, shortest_completion, start_plan  # noqa: F401 - re-exported
 from .model import Model
 

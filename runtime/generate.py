@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from toolace.errors import GenerationError, InputError
 from toolace.limits import MAX_FAST_FORWARD_TOKENS, MAX_LOOP_CUTS, MAX_MAX_TOKENS
 
-from .budget import BudgetGuard, find_loop, prose_loop
+from .budget import BudgetGuard, find_loop, prose_loop, prose_phrase_loop
 from .constraints import Constraint
 from .model import Model
 from .sampling import Sampler, SamplingParams
@@ -211,7 +211,8 @@ def generate(model: Model, prompt: Sequence[int], *, constraint: Constraint | No
             cut = dec.runaway()
             if cut is not None:
                 yield dec.cut_back(*cut)
-        if stop_loops and (guard is None or guard.mode == "text") and prose_loop(dec.text, chunk.text):
+        if stop_loops and (guard is None or guard.mode == "text") and \
+                (prose_loop(dec.text, chunk.text) or prose_phrase_loop(dec.out)):
             st.truncated = st.prose_loop = True  # already streamed: the answer ends after the repeat, not before
             break
         if dec.hit_stop():

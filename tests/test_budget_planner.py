@@ -15,8 +15,22 @@ from tests.conftest import EXAMPLES
 from toolace.grammars.check import byte_tokenizer, check_text, sample_text, to_llguidance
 from toolace.grammars.compile import compile_grammar
 from toolace.grammars.parser import parse_calls
-from toolace.limits import LOOP_MIN_REPEATS, LOOP_MIN_SPAN_TOKENS, PROSE_LOOP_MAX_PERIOD, PROSE_LOOP_MIN_CHARS
-from toolace.runtime.budget import Lex, find_loop, json_value_depths, prose_loop, shortest_completion, value_depths
+from toolace.limits import (
+    LOOP_MIN_REPEATS,
+    LOOP_MIN_SPAN_TOKENS,
+    PROSE_LOOP_MAX_PERIOD,
+    PROSE_LOOP_MIN_CHARS,
+    PROSE_LOOP_MIN_SPAN_TOKENS,
+)
+from toolace.runtime.budget import (
+    Lex,
+    find_loop,
+    json_value_depths,
+    prose_loop,
+    prose_phrase_loop,
+    shortest_completion,
+    value_depths,
+)
 
 CALENDAR = json.loads((EXAMPLES / "calendar_weather.json").read_text())
 TRAVEL = json.loads((EXAMPLES / "bfcl_travel.json").read_text())
@@ -152,3 +166,19 @@ def test_prose_loop(text: str, loops: bool) -> None:
 def test_prose_loop_only_looks_when_a_unit_ends() -> None:
     """The check runs when the newest piece ends a line or sentence; a piece that ends none is never a loop."""
     assert prose_loop(TOKYO * 3, "Tokyo. ") and not prose_loop(TOKYO * 3, "converted")
+
+
+PHRASE = [11, 12, 13, 14, 15, 16, 17]  # "that contains a nested JSON object", as seven tokens
+
+
+@pytest.mark.parametrize(("tokens", "loops"), [
+    ([1, 2] + PHRASE * -(-PROSE_LOOP_MIN_SPAN_TOKENS // len(PHRASE)), True),
+    ([1, 2] + [0, 3] * (PROSE_LOOP_MIN_SPAN_TOKENS // 2), True),
+    # near misses: one copy short of the span; the loop broken by its last token; a value's runaway span
+    ([1, 2] + PHRASE * (-(-PROSE_LOOP_MIN_SPAN_TOKENS // len(PHRASE)) - 1), False),
+    ([1, 2] + PHRASE * 6 + [99], False),
+    ([1, 2] + [0, 3] * (LOOP_MIN_SPAN_TOKENS // 2), LOOP_MIN_SPAN_TOKENS >= PROSE_LOOP_MIN_SPAN_TOKENS),
+])
+def test_prose_phrase_loop(tokens: list[int], loops: bool) -> None:
+    """A phrase going round inside a sentence that never ends: a token cycle, with a longer span than a value's."""
+    assert prose_phrase_loop(tokens) is loops

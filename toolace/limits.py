@@ -111,6 +111,7 @@ MAX_LOOP_CUTS = 8  # runaway values cut per generation; each costs the tokens it
 PROSE_LOOP_REPEATS = 3
 PROSE_LOOP_MAX_PERIOD = 8
 PROSE_LOOP_MIN_CHARS = 12
+PROSE_LOOP_MIN_SPAN_TOKENS = 32  # a phrase going round inside one sentence: its repeats must span this many tokens
 
 # --- structured outputs: numbers a sane length (docs/budget.md, "Sane numbers") -------------------------------------
 # An integer whose schema gives no bounds is one a 64-bit client can read: [-2^63, 2^63 - 1]; a one-sided bound gets
