@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from toolace.cli_options import model_options, sampling_options
-from toolace.edge import edge
+from toolace.edge import edge, prompt
 from toolace.limits import DEFAULT_MAX_STEPS, TOOL_CALL_SECONDS
 
 if TYPE_CHECKING:  # annotations only: the loop (and pydantic, the MCP SDK) load when a command runs
@@ -56,15 +56,14 @@ def _hooks(tools: list[ExecutableTool], yes: bool) -> tuple[Callable[[dict], App
         where = f" [{tool.source}]" if tool.source != "python" else ""
         click.echo(f"call {show_call(call)}{where}", err=True)
         try:
-            answer = click.prompt("run it? (y = yes, n = skip it, q = stop)", type=click.Choice(["y", "n", "q"]),
-                                  err=True)
+            answer = prompt("run it? (y = yes, n = skip it, q = stop)", choices=["y", "n", "q"])
         except click.Abort:  # end of input: nobody is there to approve
             return "stop"
         return True if answer == "y" else "stop" if answer == "q" else False
 
     def ask(call: dict[str, Any]) -> str:
         try:
-            return click.prompt(f"result of {show_call(call)}", prompt_suffix="> ", err=True)
+            return prompt(f"result of {show_call(call)}", suffix="> ")
         except click.Abort:
             return "error: no result was given"
 
@@ -93,9 +92,9 @@ def _options(max_tokens: int, temperature: float, seed: int | None, no_parallel:
 @click.option("--json", "as_json", is_flag=True, help="Print the RunResult as one JSON object.")
 @edge
 def run(question: str, tools_file: str | None, functions_file: str | None, mcp_config: str | None, max_steps: int,
-        yes: bool, call_timeout: float, model: str, n_ctx: int, n_gpu_layers: str, engine: str, kv_type: str,
-        tool_choice: str, max_tokens: int, temperature: float, seed: int | None, no_parallel: bool,
-        as_json: bool) -> None:
+        yes: bool, call_timeout: float, model: str, n_ctx: int, n_gpu_layers: str, engine: str,
+        cache_max_bytes: int | None, kv_type: str, tool_choice: str, max_tokens: int, temperature: float,
+        seed: int | None, no_parallel: bool, as_json: bool) -> None:
     """Ask QUESTION; run the calls the model makes, feed the results back, until it answers."""
     from toolace.api import ToolACE
 
@@ -107,7 +106,8 @@ def run(question: str, tools_file: str | None, functions_file: str | None, mcp_c
     with tool_sources(tools_file, functions_file, mcp_config) as (tools, warnings):
         for w in warnings:
             click.echo(f"warning: {w}", err=True)
-        ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine, kv_type=kv_type)
+        ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine,
+                          cache_max_bytes=cache_max_bytes, kv_type=kv_type)
         approve, ask = _hooks(tools, yes)
         result = run_loop(ta, question, tools, tool_choice, max_steps, approve, ask=ask,
                           on_step=None if as_json else _echo_step,
@@ -129,8 +129,9 @@ def run(question: str, tools_file: str | None, functions_file: str | None, mcp_c
 @sampling_options
 @edge
 def chat(tools_file: str | None, functions_file: str | None, mcp_config: str | None, max_steps: int, yes: bool,
-         call_timeout: float, model: str, n_ctx: int, n_gpu_layers: str, engine: str, kv_type: str,
-         tool_choice: str, max_tokens: int, temperature: float, seed: int | None, no_parallel: bool) -> None:
+         call_timeout: float, model: str, n_ctx: int, n_gpu_layers: str, engine: str, cache_max_bytes: int | None,
+         kv_type: str, tool_choice: str, max_tokens: int, temperature: float, seed: int | None,
+         no_parallel: bool) -> None:
     """Interactive chat. Calls to --functions/--mcp tools run (after your `y`); for --tools you type the result."""
     from toolace.api import ToolACE
 
@@ -141,12 +142,13 @@ def chat(tools_file: str | None, functions_file: str | None, mcp_config: str | N
     with tool_sources(tools_file, functions_file, mcp_config) as (tools, warnings):
         for w in warnings:
             click.echo(f"warning: {w}", err=True)
-        ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine, kv_type=kv_type)
+        ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine,
+                          cache_max_bytes=cache_max_bytes, kv_type=kv_type)
         approve, ask = _hooks(tools, yes)
         history: list[dict[str, Any]] = []
         click.echo("toolace chat: empty line or Ctrl-D quits.")
         while True:
-            question = click.prompt("you", default="", show_default=False, prompt_suffix="> ")
+            question = prompt("you", default="", suffix="> ", err=False)
             if not question.strip():
                 return
             history.append({"role": "user", "content": question})

@@ -3,7 +3,8 @@
 Each step is one model turn under the tools' grammar. The calls of a step run at once (one worker thread each, at
 most MAX_TOOL_WORKERS), each bounded by its own time limit; their results go back as tool messages in call order,
 so the conversation reads as the model wrote it. Faults are results: a tool that raises, times out, returns too
-much or whose server died gives the model an error text, and the loop goes on (docs/agent.md)."""
+much or whose server died gives the model an error text, and the loop goes on (docs/agent.md). A call that breaks
+its schema (a keyword the grammar could only post-check) is never run: the model gets the violations instead."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ Approval = bool | Literal["stop"]  # True: run it; False: skip it, the model is 
 DECLINED = "error: the user declined this call; it was not run"
 STOPPED = "error: the user stopped the run; this call was not run"
 TRUNCATED = "error: a value in this call was cut short to fit max_tokens; it was not run"
+INVALID = "error: this call breaks the tool's schema; it was not run: "  # + each violation, naming its keyword
 
 
 @dataclass
@@ -128,13 +130,18 @@ def _run_calls(jobs: list[tuple[int, ExecutableTool, dict[str, Any]]], timeout: 
 
 
 def _execute(calls: list[dict[str, Any]], tools: dict[str, ExecutableTool], approve: Callable[[dict], Approval] | None,
-             ask: Callable[[dict], str] | None, timeout: float) -> tuple[list[tuple[ToolOutput, float]], bool]:
-    """Outputs in call order, and whether the user stopped the run."""
+             ask: Callable[[dict], str] | None, timeout: float,
+             invalid: dict[int, list[str]] | None = None) -> tuple[list[tuple[ToolOutput, float]], bool]:
+    """Outputs in call order, and whether the user stopped the run. `invalid`: the violations of calls that failed
+    the schema check, by index; those are never run (nor shown for approval), the model gets the violations."""
     outputs: dict[int, tuple[ToolOutput, float]] = {}
     jobs: list[tuple[int, ExecutableTool, dict[str, Any]]] = []
     stopped = False
     for i, call in enumerate(calls):
         tool = tools.get(call["name"])
+        if invalid and invalid.get(i):
+            outputs[i] = (ToolOutput(INVALID + "; ".join(invalid[i]), True), 0.0)
+            continue
         verdict: Approval = "stop" if stopped else (approve(call) if approve else True)
         if verdict == "stop":
             stopped = True
@@ -186,7 +193,8 @@ def run(ta: ToolACE, question_or_messages: str | Sequence[dict[str, Any]], tools
     steps: list[Step] = []
     for n in range(max_steps):
         start = time.monotonic()
-        turn = ta.chat(messages, first if n == 0 else later, **options)
+        toolset = first if n == 0 else later
+        turn = ta.chat(messages, toolset, **options)
         if not turn.calls:
             messages.append({"role": "assistant", "content": turn.text or ""})
             cut_off = turn.finish_reason == "length"
@@ -201,7 +209,10 @@ def run(ta: ToolACE, question_or_messages: str | Sequence[dict[str, Any]], tools
         if getattr(turn, "truncated", False):  # valid but not what the model meant: never act on it
             outputs, stopped = [(ToolOutput(TRUNCATED, True), 0.0) for _ in calls], False
         else:
-            outputs, stopped = _execute(calls, by_name, approve, ask, call_timeout)
+            # Checked here, not taken from turn.errors: keywords the grammar only post-checks (a pattern it cannot
+            # express, a format, multipleOf) are enforced before any tool runs, whoever decoded the turn.
+            invalid = {i: toolset.validator.call_errors(c["name"], c["arguments"]) for i, c in enumerate(calls)}
+            outputs, stopped = _execute(calls, by_name, approve, ask, call_timeout, invalid)
         for call, (output, seconds) in zip(calls, outputs, strict=True):
             content = _feedback(output, max_result_chars)
             step.results.append({"id": call["id"], "name": call["name"], "content": content,

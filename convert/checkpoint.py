@@ -74,8 +74,10 @@ def _safetensors_header(path: Path) -> dict[str, TensorRef]:
         raw = f.read(header_len)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:  # bad UTF-8, bad JSON, or an integer over Python's digit limit (a 5,000-digit offset)
         raise ModelFileError(f"{name}: malformed safetensors header: not JSON ({e})") from None
+    except RecursionError:
+        raise ModelFileError(f"{name}: malformed safetensors header: JSON nests too deeply") from None
     if not isinstance(header, dict):
         raise ModelFileError(f"{name}: malformed safetensors header: not a JSON object")
     header.pop("__metadata__", None)

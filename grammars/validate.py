@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import jsonschema
 
@@ -25,11 +26,23 @@ class CallValidator:
         """Every schema violation, as 'call N name: /arguments/pointer: message'."""
         out: list[str] = []
         for n, call in enumerate(calls):
-            validator = self._validators.get(call.name)
-            if validator is None:
+            if call.name not in self._validators:
                 out.append(f"call {n} {call.name}: unknown function")
-                continue
-            for err in sorted(validator.iter_errors(call.arguments), key=lambda e: list(e.absolute_path)):
-                pointer = "/arguments" + "".join(f"/{p}" for p in err.absolute_path)
-                out.append(f"call {n} {call.name}: {pointer}: {err.message}")
+            out += [f"call {n} {call.name}: {pointer}: {message}"
+                    for pointer, message, _ in self._violations(call.name, call.arguments)]
         return out
+
+    def call_errors(self, name: str, arguments: Any) -> list[str]:
+        """One call's violations, as '/arguments/pointer: message (keyword)': the keyword names the constraint
+        broken (pattern, format, multipleOf, ...) for a reader that gets only this text (the model, in a loop)."""
+        if name not in self._validators:
+            return [f"no function named {name!r}"]
+        return [f"{pointer}: {message} ({keyword})" for pointer, message, keyword in self._violations(name, arguments)]
+
+    def _violations(self, name: str, arguments: Any) -> list[tuple[str, str, str]]:
+        validator = self._validators.get(name)
+        if validator is None:
+            return []
+        errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
+        return [("/arguments" + "".join(f"/{p}" for p in e.absolute_path), e.message, str(e.validator))
+                for e in errors]

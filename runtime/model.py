@@ -209,6 +209,16 @@ class Model:
         self.truncate(0)
 
     # --- KV state files (for the disk prompt cache) ---------------------------------------------------------------
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of KV cache one token takes: K and V of each KV head, every layer, in the cache type's blocks.
+        Llama-3.1-8B in F16: 32 x (2 x 8 x 128) x 2 = 128 KiB; a state file is about this times its tokens."""
+        model = self.llm._model.model
+        heads = max(1, int(llama_cpp.llama_model_n_head(model)))
+        head_dim = int(llama_cpp.llama_model_n_embd(model)) // heads
+        layers, kv_heads = int(llama_cpp.llama_model_n_layer(model)), int(llama_cpp.llama_model_n_head_kv(model))
+        _, block_bytes, block = KV_TYPES[self.kv_type]
+        return layers * (2 * kv_heads * head_dim // block) * block_bytes
+
     def save_state(self, path: Path) -> None:
         arr = (llama_cpp.llama_token * len(self._tokens))(*self._tokens)
         if not llama_cpp.llama_state_save_file(self.ctx, str(path).encode(), arr, len(self._tokens)):

@@ -7,6 +7,7 @@ and message content (never parsed as specials), so `<|eot_id|>` typed by a user 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,9 +20,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from toolace.errors import TemplateError
 from toolace.limits import (
     MAX_TEMPLATE_CHARS,
+    MAX_TEMPLATE_INT_BITS,
     MAX_TEMPLATE_LOOP_STEPS,
     MAX_TEMPLATE_OUTPUT_CHARS,
     MAX_TEMPLATE_SECONDS,
+    MAX_TEMPLATE_VALUE_LEN,
 )
 
 from ..grammars.schema import Tool
@@ -62,8 +65,40 @@ class Segment:
     special: bool  # True: template text, parse control tokens; False: user/tool content, plain text only
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    """Refuse `*`, `**` and `+` whose result would be over the template value bounds, before Python computes it:
+    an integer over MAX_TEMPLATE_INT_BITS, a string or list over MAX_TEMPLATE_VALUE_LEN."""
+    seq = (str, list, tuple)
+    if operator == "**" and _is_int(left) and _is_int(right) and right > 0 and abs(left) > 1:
+        # result bits ~ right * log2|left|; an exponent over the bit bound is over it whatever the base
+        if right > MAX_TEMPLATE_INT_BITS or right * math.log2(abs(left)) > MAX_TEMPLATE_INT_BITS:
+            raise TemplateError(f"chat template arithmetic: a power with an exponent of {right} is over the "
+                                f"{MAX_TEMPLATE_INT_BITS}-bit limit for template integers")
+    elif operator == "*" and _is_int(left) and _is_int(right):
+        if left.bit_length() + right.bit_length() > MAX_TEMPLATE_INT_BITS:
+            raise TemplateError(f"chat template arithmetic: a product over the {MAX_TEMPLATE_INT_BITS}-bit limit "
+                                f"for template integers")
+    elif operator == "*" and (isinstance(left, seq) and _is_int(right) or _is_int(left) and isinstance(right, seq)):
+        items, times = (left, right) if isinstance(left, seq) else (right, left)
+        if len(items) * times > MAX_TEMPLATE_VALUE_LEN:
+            raise TemplateError(f"chat template arithmetic: repeating a {type(items).__name__} of {len(items)} "
+                                f"{times} times is over the {MAX_TEMPLATE_VALUE_LEN}-item limit for template values")
+    elif operator == "+" and isinstance(left, seq) and isinstance(right, seq) and \
+            len(left) + len(right) > MAX_TEMPLATE_VALUE_LEN:
+        raise TemplateError(f"chat template arithmetic: joining {len(left)} and {len(right)} items is over the "
+                            f"{MAX_TEMPLATE_VALUE_LEN}-item limit for template values")
+
+
 class _BudgetedEnvironment(ImmutableSandboxedEnvironment):
-    """The immutable sandbox plus a bound on loop work and wall time (checked on every range() and call)."""
+    """The immutable sandbox plus a bound on loop work and wall time (checked on every range() and call), and on
+    the values arithmetic builds (`*`, `**`, `+`; intercepted operators are also never folded at compile time, so
+    `{{ 3 ** 100000000 }}` cannot hang the load)."""
+
+    intercepted_binops = frozenset({"*", "**", "+"})
 
     def __init__(self) -> None:
         super().__init__(trim_blocks=True, lstrip_blocks=True)
@@ -99,6 +134,10 @@ class _BudgetedEnvironment(ImmutableSandboxedEnvironment):
         self.tick()
         return super().call(__context, __obj, *args, **kwargs)
 
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
 
 class ChatTemplate:
     """A compiled chat template that renders messages into special/plain segments."""
@@ -111,6 +150,8 @@ class ChatTemplate:
             self.template = self.env.from_string(source)
         except JinjaTemplateError as e:
             raise TemplateError(f"chat template does not compile: {e}") from None
+        except (RecursionError, MemoryError) as e:  # the parser recurses per nesting level
+            raise TemplateError(f"chat template does not compile: {_exhausted(e)}") from None
         self.bos_token, self.eos_token = bos_token, eos_token
 
     def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
@@ -129,6 +170,8 @@ class ChatTemplate:
             raise
         except (JinjaTemplateError, TypeError, ValueError, KeyError, AttributeError, OverflowError) as e:
             raise TemplateError(f"chat template failed to render: {type(e).__name__}: {e}") from None
+        except (RecursionError, MemoryError) as e:  # a macro that calls itself; a value too big for memory
+            raise TemplateError(f"chat template failed to render: {_exhausted(e)}") from None
         return "".join(out)
 
     def render(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> list[Segment]:
@@ -168,6 +211,10 @@ class ChatTemplate:
         if any(isinstance(c, str) and "<|" in c for c in contents):
             raise TemplateError("chat template transforms message content; cannot keep control tokens in it plain")
         return [Segment(real, True)]
+
+
+def _exhausted(e: BaseException) -> str:
+    return "it nests too deeply (RecursionError)" if isinstance(e, RecursionError) else "out of memory (MemoryError)"
 
 
 def tool_messages(question_or_messages: str | Sequence[dict[str, Any]], tools: Sequence[Tool] | None,

@@ -204,6 +204,45 @@ def test_call_cut_short_by_max_tokens_is_not_run(ta: ToolACE) -> None:
     assert result.finish_reason == "max_steps" and result.messages[-1]["content"] == TRUNCATED
 
 
+# Keywords the grammar only post-checks (a look-around pattern, a format without an exact grammar): each case that
+# the greedy call (city="Paris") breaks is paired with a near miss it meets, which must still run.
+POST_CHECKED = [
+    ({"pattern": "^(?=.*[0-9])"}, "pattern"),  # must hold a digit: "Paris" has none
+    ({"pattern": "^(?!.*[0-9])"}, None),  # near miss: must hold no digit
+    ({"format": "ipv6"}, "format"),
+    ({"format": "regex"}, None),  # near miss: "Paris" is a regular expression
+]
+
+
+@pytest.mark.parametrize(("keyword", "broken"), POST_CHECKED, ids=[str(k) for k, _ in POST_CHECKED])
+def test_call_failing_a_post_check_is_never_run(ta: ToolACE, keyword: dict, broken: str | None) -> None:
+    """A real Python function behind a schema whose constraint only jsonschema checks after decoding: a call that
+    breaks it is not approved, not run; the model gets an error result naming the constraint, and the loop goes
+    on. A call that meets it runs."""
+    ran: list[str] = []
+    shown: list[str] = []
+
+    def lookup(city: str) -> str:
+        ran.append(city)
+        return f"sunny in {city}"
+
+    spec = {"name": "get_weather", "description": "Get the current weather in a city.",
+            "parameters": {"type": "object", "required": ["city"], "properties": {
+                "city": {"type": "string", "description": "The city name, e.g. Paris.", **keyword}}}}
+    result = run(ta, QUESTION, [(spec, lookup)], tool_choice="get_weather", max_steps=2,
+                    approve=lambda call: shown.append(call["arguments"]["city"]) or True, **OPTIONS)
+    call, res = result.steps[0].calls[0], result.steps[0].results[0]
+    assert call["arguments"]["city"] == "Paris"  # the greedy call the table is built on
+    if broken:
+        assert ran == [] and shown == [] and res["is_error"]
+        assert res["content"].startswith("error: this call breaks the tool's schema; it was not run: "
+                                         "/arguments/city: 'Paris' ")
+        assert res["content"].endswith(f"({broken})")
+    else:
+        assert ran[0] == shown[0] == "Paris" and res == {**res, "content": "sunny in Paris", "is_error": False}
+    assert_fed_back(result)  # the result went back and the model had its next turn
+
+
 def test_mcp_server_that_dies_mid_run(ta: ToolACE, no_leaks: None) -> None:
     with MCPServers([ServerConfig("weather", sys.executable, (SERVER,))]) as servers:
         result = run(ta, QUESTION, [servers], tool_choice="crash", max_steps=2, **OPTIONS)

@@ -88,6 +88,49 @@ def test_malformed_header(tmp_path: Path, out: Path, blob: bytes, match: str) ->
     _refused(ckpt, out, match)
 
 
+def _with_metadata(ckpt: Path, metadata: str) -> Path:
+    """Rewrite the checkpoint's safetensors header with `metadata` (raw JSON text, which json.dumps could not write
+    at these depths) as its __metadata__ value, the tensor entries unchanged."""
+    blob = (ckpt / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    text = f'{{"__metadata__": {metadata}, {blob[9:8 + n].decode()}'  # blob[8] is the header's opening brace
+    write_safetensors(ckpt / "model.safetensors", mini_tensors(), raw_header=text.encode())
+    return ckpt
+
+
+DEEP, DIGITS = 100_000, 5_000  # past the JSON parser's recursion limit; past Python's 4,300-digit int limit
+# Headers that break the JSON parser itself, each paired with a near miss that must still open.
+PARSER_LIMITS = [
+    ("[" * DEEP + "]" * DEEP, r"model.safetensors: malformed safetensors header: JSON nests too deeply"),
+    ("[" * 50 + "]" * 50, None),  # near miss: nested, but like real metadata
+    ("1" * DIGITS, r"model.safetensors: malformed safetensors header: not JSON \(Exceeds the limit \(4300 digits\)"),
+    ("1" * 4_000, None),  # near miss: long, within the limit
+]
+
+
+@pytest.mark.parametrize(("metadata", "match"), PARSER_LIMITS, ids=["deep", "deep-near-miss", "digits",
+                                                                    "digits-near-miss"])
+def test_header_past_the_json_parser_limits(tmp_path: Path, out: Path, metadata: str, match: str | None) -> None:
+    ckpt = _with_metadata(mini_checkpoint(tmp_path / "m"), metadata)
+    if match:
+        _refused(ckpt, out, match)
+    else:
+        assert set(open_checkpoint(ckpt).tensors) == set(mini_shapes())
+
+
+@pytest.mark.parametrize(("digits", "match"), [
+    (DIGITS, r"config.json: not valid JSON: Exceeds the limit \(4300 digits\)"),
+    (4_000, None),  # near miss
+])
+def test_config_number_past_the_digit_limit(tmp_path: Path, out: Path, digits: int, match: str | None) -> None:
+    ckpt = mini_checkpoint(tmp_path / "m")
+    (ckpt / "config.json").write_text(json.dumps(MINI_CONFIG)[:-1] + ', "note": ' + "7" * digits + "}")
+    if match:
+        _refused(ckpt, out, match)
+    else:
+        assert open_checkpoint(ckpt).config["note"] % 10 == 7
+
+
 @pytest.mark.parametrize(("patch", "match"), [
     ({"dtype": "F32", "shape": [8], "data_offsets": [0, 10**12]}, r"data_offsets end 1000000000000 is beyond"),
     ({"dtype": "F32", "shape": [8], "data_offsets": [64, 32]}, r"data_offsets \[64, 32\] out of order"),

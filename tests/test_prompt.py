@@ -66,6 +66,46 @@ def test_hostile_templates_are_stopped(source: str, message: str) -> None:
         ChatTemplate(source).render([{"role": "user", "content": "hi"}])
 
 
+DEEP = 100_000  # nesting levels: past Python's recursion limit in jinja's parser
+NS_DOUBLING = "{% set ns = namespace(s='x') %}{% for i in range(N) %}{% set ns.s = ns.s + ns.s %}{% endfor %}" \
+    "{{ ns.s | length }}"
+# Template arithmetic (`*`, `**`, `+`) and nesting: (hostile template, the TemplateError it gets), paired with a
+# near miss that still renders (template, output). Jinja's `**` is left-associative, so `3 ** 10**8` would be
+# (3**10)**8, a small number: the exponents are written whole.
+ARITHMETIC = [
+    (("{{ 3 ** 100000000 }}", r"a power with an exponent of 100000000 is over the 4096-bit limit"),
+     ("{{ 2 ** 10 }}", "1024")),
+    (("{{ 3 ** (10 ** 8) }}", r"a power with an exponent of 100000000 is over the 4096-bit limit"),
+     ("{{ ((2 ** 64) ** 64) | string | length }}", "1234")),  # 64 x log2(2**64) = 4096 bits: at the limit
+    (("{{ (2 ** 4000) * (2 ** 4000) }}", r"a product over the 4096-bit limit"),
+     ("{{ (2 ** 40) * (2 ** 40) }}", str(2**80))),
+    (("{{ messages[0]['content'] * 100000000 }}", r"repeating a str of 2 100000000 times is over the 4194304-item"),
+     ("{{ '-' * 40 }}", "-" * 40)),
+    (("{{ 'x' * 10 ** 10 }}", r"repeating a str of 1 10000000000 times"),  # compile-time folding would allocate it
+     ("{{ 3 * 'ab' }}", "ababab")),
+    (("{{ ([0] * 100000000) | length }}", r"repeating a list of 1 100000000 times"),
+     ("{{ (messages * 3) | length }}", "3")),
+    ((NS_DOUBLING.replace("N", "40"), r"joining 4194304 and 4194304 items is over the 4194304-item limit"),
+     (NS_DOUBLING.replace("N", "10"), "1024")),
+    (("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
+      r"^chat template failed to render: it nests too deeply \(RecursionError\)$"),
+     ("{% macro f(n) %}{% if n %}{{ n }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(5) }}", "54321")),
+    (("{{ " + "(" * DEEP + "1" + ")" * DEEP + " }}",
+      r"^chat template does not compile: it nests too deeply \(RecursionError\)$"),
+     ("{{ " + "(" * 20 + "1" + ")" * 20 + " }}", "1")),
+]
+
+
+@pytest.mark.parametrize(("hostile", "near_miss"), ARITHMETIC, ids=[h[0][:40] for h, _ in ARITHMETIC])
+def test_template_arithmetic_and_nesting_are_budgeted(hostile: tuple[str, str], near_miss: tuple[str, str]) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    source, refusal = hostile
+    with pytest.raises(TemplateError, match=refusal):
+        ChatTemplate(source).render(messages)
+    source, rendered = near_miss
+    assert "".join(s.text for s in ChatTemplate(source).render(messages)) == rendered
+
+
 def test_near_miss_template_renders() -> None:
     ct = ChatTemplate("{% for i in range(3) %}{{ i }}{% endfor %}{{ messages[0]['content'] }}")
     assert "".join(s.text for s in ct.render([{"role": "user", "content": "hi"}])) == "012hi"

@@ -28,7 +28,7 @@ MAX_TEMPLATE_OUTPUT_CHARS = 4 * 1024 * 1024  # characters a render may produce
 MAX_TEMPLATE_SECONDS = 2.0  # seconds a render may take; a template that loops is stopped
 MAX_TEMPLATE_LOOP_STEPS = 1_000_000  # iterations over range() in one render, the sandbox's own bound per range is 100k
 # Bits of an integer one `*` or `**` in a template may produce. Templates count messages and tokens (64 bits would
-# do); `3 ** 10**8` (158 million bits, minutes of CPU at load) is refused before Python computes it.
+# do); `3 ** 100000000` (158 million bits, minutes of CPU at load) is refused before Python computes it.
 MAX_TEMPLATE_INT_BITS = 4096
 # Characters of a string, or items of a list, one `*` or `+` in a template may build: a value longer than the whole
 # allowed output is never needed, and `'x' * 10**10` must be refused before it allocates 10 GB.

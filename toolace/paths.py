@@ -44,7 +44,7 @@ def read_json_file(path: Path, limit: int, error: type[ToolaceError], what: str)
         raise error(f"{what}: {size} bytes is over the {limit}-byte limit for this file")
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:  # bad UTF-8, bad JSON, or an integer over Python's digit limit (4,300 digits)
         raise error(f"{what}: not valid JSON: {e}") from None
     except RecursionError:
         raise error(f"{what}: JSON nests too deeply") from None
