@@ -24,8 +24,7 @@ def _client(server: Server) -> anthropic.Anthropic:
 
 
 def _create(server: Server, **kw: Any) -> Any:
-    kw.setdefault("max_tokens", 48)
-    kw.setdefault("temperature", 0)
+    kw.setdefault("max_tokens", 48)  # greedy: the server's default temperature is 0 (this SDK sends none)
     return _client(server).messages.create(model="demo", messages=kw.pop("messages", ASK), **kw)
 
 
@@ -51,7 +50,7 @@ def test_tool_choice_any_and_tool(server: Server) -> None:
 
 
 def test_stream_joins_to_the_same_message(server: Server) -> None:
-    kw = dict(model="demo", messages=ASK, tools=TOOLS, tool_choice={"type": "any"}, max_tokens=48, temperature=0)
+    kw = dict(model="demo", messages=ASK, tools=TOOLS, tool_choice={"type": "any"}, max_tokens=48)
     with _client(server).messages.stream(**kw) as stream:
         kinds = [ev.type for ev in stream]
         final = stream.get_final_message()
@@ -61,7 +60,7 @@ def test_stream_joins_to_the_same_message(server: Server) -> None:
     assert [(b.name, b.input) for b in final.content] == [(b.name, b.input) for b in whole.content]
     assert final.stop_reason == "tool_use"
     with _client(server).messages.stream(model="demo", messages=[{"role": "user", "content": "Say hello."}],
-                                         max_tokens=16, temperature=0) as stream:
+                                         max_tokens=16) as stream:
         text = "".join(stream.text_stream)
     plain = _create(server, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16)
     assert text == plain.content[0].text and text
@@ -90,7 +89,7 @@ BAD = [  # (body change, words, near miss)
     ({"max_tokens": None}, "max_tokens: Field required", {"max_tokens": 4}),
     ({"tool_choice": {"type": "any"}}, "tool_choice 'required' needs tools", {"tool_choice": {"type": "auto"}}),
     ({"tool_choice": {"type": "tool"}, "tools": TOOLS}, "type tool needs a name",
-     {"tool_choice": {"type": "tool", "name": "get_time"}, "tools": TOOLS}),
+     {"tool_choice": {"type": "tool", "name": "get_time"}, "tools": TOOLS, "max_tokens": 32}),
     ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "block type 'image'",
      {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}),
     ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking is not supported",
