@@ -138,7 +138,7 @@ BAD = [  # (body change, error words, near miss)
     ({"frobnicate": True}, "unknown field 'frobnicate'", {"keep_alive": "5m"}),
     ({"options": {"tool_choice": "sometimes"}, "tools": [{"type": "function", "function": {"name": "f"}}]},
      "tool_choice", {"options": {"tool_choice": "auto"}}),
-    ({"logprobs": True}, "logprobs is not supported", {"logprobs": False}),
+    ({"logprobs": True}, "logprobs", {"logprobs": False}),
 ]
 
 

@@ -5,17 +5,21 @@ replaced by the schema check. Also ToolACE.connect, the remote client, against t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 from openai import OpenAI
 
 from tests.helpers import openai_cases as cases
-from tests.helpers.server import Server
+from tests.helpers.server import served
 from toolace.api import ToolACE
 
 
 @pytest.fixture(scope="module")
-def url(server: Server) -> str:
-    return server.base_url
+def url(smollm2_gguf: Path) -> Iterator[str]:
+    with served(smollm2_gguf) as s:  # `server` here is the cases' target, so the factory is used directly
+        yield s.base_url
 
 
 @pytest.fixture(scope="module")
