@@ -43,15 +43,16 @@ def ready_line(sock: socket.socket, model: str) -> dict[str, Any]:
 
 
 def announce(info: dict[str, Any], ready_file: str | None) -> None:
-    """Print the ready line (stdout, flushed: a host app reads it from the pipe) and write the ready file whole."""
+    """Write the ready file whole, then print the ready line (stdout, flushed: a host app reads it from the pipe);
+    in that order, so an app that read the line finds the file too."""
     line = json.dumps(info)
-    print(line, flush=True)
     if ready_file:
         try:
             with atomic_output(Path(ready_file)) as tmp:
                 tmp.write_text(line + "\n")
         except OSError as e:
             raise OutputError(f"cannot write the ready file {ready_file}: {e}") from None
+    print(line, flush=True)
 
 
 def check_parent(parent_pid: int | None) -> None:
