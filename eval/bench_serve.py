@@ -29,14 +29,17 @@ from toolace.api import ToolACE
 from toolace.errors import InputError, ToolaceError
 from toolace.grammars.parser import Call, CallParseError, parse_calls
 from toolace.grammars.toolset import ToolSet
-from toolace.paths import atomic_output
 
+from .bench import save_json
 from .bench_serve_report import plot_report, targets
 from .bfcl import Question, default_data_dir, load_questions
 
 LEVELS = (1, 2, 4, 8)
 BENCH_CATEGORIES = ("simple_python", "multiple", "parallel")
 REQUESTS_PER_CLIENT = 3  # each client sends this many requests per level: enough for a p95 at 8 clients (24)
+VLLM_COLUMN, VLLM_UNGUARDED_COLUMN = "vLLM (toolace export)", "vLLM (export, no guard)"
+GUARD_LEVELS = (1, 4)  # clients at which the guard's cost is measured
+TARGET_GUARD_SLOWDOWN = 0.05  # the guard may make vLLM at most 5% slower in tok/s (issue #27)
 START_SECONDS = 300  # a server must answer /v1/models (or /health) within this
 REQUEST_SECONDS = 600  # one request, queueing included
 
@@ -218,16 +221,32 @@ def _llama_server_column(binary: str, gguf: Path, n_ctx: int, threads: int, jobs
 
 
 def _vllm_column(url: str | None, export: str | None, extra: str, jobs: list[Job], max_tokens: int,
-                 logs: Path) -> list[dict[str, Any]]:
-    """vLLM at `url`, or started from a `toolace export vllm` folder (its serve.sh) for this column only."""
+                 logs: Path, guard: bool = True, levels: tuple[int, ...] = LEVELS) -> list[dict[str, Any]]:
+    """vLLM at `url`, or started from a `toolace export vllm` folder (its serve.sh) for this column only;
+    `guard=False` starts it without the budget guard (TOOLACE_VLLM_GUARD=off), to measure what the guard costs."""
     if url is None:
         port = free_port()
         url = f"http://127.0.0.1:{port}/v1"
         cmd = [str(Path(export or "") / "serve.sh"), "--host", "127.0.0.1", "--port", str(port), *extra.split()]
-        with server_process(cmd, f"{url}/models", logs / "vllm.log"):
-            return _vllm_column(url, None, extra, jobs, max_tokens, logs)
+        env = {"TOOLACE_VLLM_GUARD": "on" if guard else "off"}
+        with server_process(cmd, f"{url}/models", logs / f"vllm{'' if guard else '-unguarded'}.log", env):
+            return _vllm_column(url, None, extra, jobs, max_tokens, logs, guard, levels)
     model = httpx.get(f"{url}/models", timeout=30).json()["data"][0]["id"]
-    return [_level(lambda j: _chat_request(url, model, j, max_tokens), jobs, clients) for clients in LEVELS]
+    return [_level(lambda j: _chat_request(url, model, j, max_tokens), jobs, clients) for clients in levels]
+
+
+def guard_cost(report: dict[str, Any]) -> dict[str, Any]:
+    """tok/s of the vLLM column with the budget guard against the same server without it, at GUARD_LEVELS; the
+    target is at most TARGET_GUARD_SLOWDOWN slower (issue #27)."""
+    out = {}
+    for n in GUARD_LEVELS:
+        rows = [next((r for r in report["columns"].get(c, []) if r["clients"] == n), None)
+                for c in (VLLM_COLUMN, VLLM_UNGUARDED_COLUMN)]
+        if rows[0] and rows[1] and rows[1]["tok_per_s"]:
+            slower = round(1 - rows[0]["tok_per_s"] / rows[1]["tok_per_s"], 3)  # judged as reported
+            out[f"vllm_guard_{n}"] = {"measured": slower, "needed": TARGET_GUARD_SLOWDOWN,
+                                      "met": slower <= TARGET_GUARD_SLOWDOWN}
+    return out
 
 
 def batching_ceiling(ta: ToolACE, levels: tuple[int, ...] = LEVELS, steps: int = 16) -> dict[str, float]:
@@ -258,9 +277,10 @@ def batching_ceiling(ta: ToolACE, levels: tuple[int, ...] = LEVELS, steps: int =
 def bench_serve(model: str = "demo", data: str | None = None, n_ctx: int = 2048, max_tokens: int = 128,
                 llama_server: str | None = None, vllm_url: str | None = None, vllm_export: str | None = None,
                 vllm_args: str = "", json_out: str | None = None, logs: str | None = None,
-                plot: str | None = None) -> dict[str, Any]:
+                plot: str | None = None, vllm_only: bool = False) -> dict[str, Any]:
     """Run every column at 1, 2, 4 and 8 clients; return (and write) the report, with the issue's targets checked
-    (bench_serve_report.targets) and, if asked, a PNG."""
+    (bench_serve_report.targets) and, if asked, a PNG. With `vllm_export`, also the same server without the budget
+    guard at GUARD_LEVELS (the guard's cost); `vllm_only`: the vLLM columns alone."""
     ta = ToolACE.load(model, n_ctx=n_ctx, kv_cache=False)
     jobs = _jobs(ta, data, max(LEVELS) * REQUESTS_PER_CLIENT)
     log_dir = Path(logs or os.environ.get("TMPDIR", "/tmp")) / "toolace-bench-serve"
@@ -272,18 +292,21 @@ def bench_serve(model: str = "demo", data: str | None = None, n_ctx: int = 2048,
     model = str(ta.model.path)  # a path: the servers run with their own (empty) TOOLACE_HOME
     del ta  # the servers below load their own copies
     cols = report["columns"]
-    cols["toolace --parallel N"] = _toolace_column(model, n_ctx, jobs, max_tokens, None, log_dir)
-    cols["toolace --parallel 1"] = _toolace_column(model, n_ctx, jobs, max_tokens, 1, log_dir)
-    if llama_server:
+    if not vllm_only:
+        cols["toolace --parallel N"] = _toolace_column(model, n_ctx, jobs, max_tokens, None, log_dir)
+        cols["toolace --parallel 1"] = _toolace_column(model, n_ctx, jobs, max_tokens, 1, log_dir)
+    if llama_server and not vllm_only:
         cols["llama-server -np N"] = _llama_server_column(llama_server, Path(report["model_file"]), n_ctx, threads,
                                                           jobs, max_tokens, log_dir)
     if vllm_url or vllm_export:
-        cols["vLLM (toolace export)"] = _vllm_column(vllm_url.rstrip("/") if vllm_url else None, vllm_export,
-                                                     vllm_args, jobs, max_tokens, log_dir)
-    report["targets"] = targets(report)
+        cols[VLLM_COLUMN] = _vllm_column(vllm_url.rstrip("/") if vllm_url else None, vllm_export, vllm_args, jobs,
+                                         max_tokens, log_dir)
+    if vllm_export and not vllm_url:
+        cols[VLLM_UNGUARDED_COLUMN] = _vllm_column(None, vllm_export, vllm_args, jobs, max_tokens, log_dir,
+                                                   guard=False, levels=GUARD_LEVELS)
+    report["targets"] = {**targets(report), **guard_cost(report)}
     if json_out:
-        with atomic_output(Path(json_out)) as tmp:
-            tmp.write_text(json.dumps(report, indent=2))
+        save_json(report, json_out)
     if plot:
         plot_report(report, plot)
     return report

@@ -118,21 +118,24 @@ def bench_convert_cmd(src: str, outtype: str, quant: str, json_out: str | None, 
 @click.option("--vllm-export", default=None, type=click.Path(file_okay=False, exists=True),
               help="Or a `toolace export vllm` folder: its serve.sh is started for the vLLM column only.")
 @click.option("--vllm-args", default="", help="Extra arguments for that serve.sh (e.g. '--enforce-eager').")
+@click.option("--vllm-only", is_flag=True, help="Only the vLLM columns (with --vllm-export: guard on and off).")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the report here.")
 @click.option("--logs", default=None, type=click.Path(file_okay=False), help="Folder for the servers' logs.")
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a PNG of the columns here.")
 @edge
 def bench_serve_cmd(model: str, data: str | None, n_ctx: int, max_tokens: int, llama_server: str | None,
-                    vllm_url: str | None, vllm_export: str | None, vllm_args: str, json_out: str | None,
-                    logs: str | None, plot: str | None) -> None:
+                    vllm_url: str | None, vllm_export: str | None, vllm_args: str, vllm_only: bool,
+                    json_out: str | None, logs: str | None, plot: str | None) -> None:
     """Concurrent clients (1, 2, 4, 8) through real HTTP servers: toolace --parallel N and 1, llama-server -np N,
-    vLLM; tok/s, req/s, latency, TTFT, validity."""
+    vLLM (from an export: also without its budget guard, at 1 and 4 clients, for the guard's cost); tok/s, req/s,
+    latency, TTFT, validity."""
     from toolace.eval.bench_serve import bench_serve
     from toolace.eval.bench_serve_report import summary
 
     click.echo(summary(bench_serve(model=model, data=data, n_ctx=n_ctx, max_tokens=max_tokens,
                                    llama_server=llama_server, vllm_url=vllm_url, vllm_export=vllm_export,
-                                   vllm_args=vllm_args, json_out=json_out, logs=logs, plot=plot)))
+                                   vllm_args=vllm_args, json_out=json_out, logs=logs, plot=plot,
+                                   vllm_only=vllm_only)))
 
 
 @bench.command("soak")

@@ -114,8 +114,10 @@ def test_export_cli_writes_plugin_template_and_serve_script(tmp_path: Path) -> N
     result = CliRunner().invoke(main, ["export", "vllm", str(tmp_path / "out"), "--model", str(model)])
     assert result.exit_code == 0, result.output
     out = tmp_path / "out"
-    plugin = Path(__file__).resolve().parent.parent / "serve" / "vllm" / "plugin.py"
-    assert (out / "toolace_vllm.py").read_bytes() == plugin.read_bytes()
+    source = Path(__file__).resolve().parent.parent / "serve" / "vllm"
+    for shipped, name in (("plugin.py", "toolace_vllm.py"), ("guard.py", "toolace_vllm_guard.py"),
+                          ("http.py", "toolace_vllm_http.py")):
+        assert (out / name).read_bytes() == (source / shipped).read_bytes()
     assert (out / "toolace.jinja").read_text() == build_template(CHATML)
     serve = out / "serve.sh"
     assert os.access(serve, os.X_OK)
@@ -123,7 +125,10 @@ def test_export_cli_writes_plugin_template_and_serve_script(tmp_path: Path) -> N
     text = serve.read_text()
     for flag in ("-m vllm.entrypoints.openai.api_server", f"--model {model}", "--tool-call-parser toolace",
                  '--tool-parser-plugin "$HERE"/toolace_vllm.py', '--chat-template "$HERE"/toolace.jinja',
-                 "--enable-auto-tool-choice", "--structured-outputs-config '{\"backend\": \"guidance\"}'", '"$@"'):
+                 "--enable-auto-tool-choice", "--structured-outputs-config '{\"backend\": \"guidance\"}'", '"$@"',
+                 "--logits-processors toolace_vllm_guard:ToolaceGuard",
+                 "--middleware toolace_vllm_http.ToolaceMiddleware",
+                 'export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"', "export TOOLACE_VLLM_NOTES="):
         assert flag in text
 
 
@@ -131,13 +136,21 @@ def test_serve_script_passes_arguments_through(tmp_path: Path) -> None:
     """serve.sh run with a stand-in Python that prints its argv: the export's flags, then the caller's."""
     done = export(tmp_path / "out", str(_checkpoint(tmp_path / "ckpt", None)), python="/nonexistent")
     fake = tmp_path / "python"
-    fake.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    fake.write_text('#!/bin/sh\necho "$PYTHONPATH"; echo "$TOOLACE_VLLM_NOTES"; for a in "$@"; do echo "$a"; done\n')
     fake.chmod(0o755)
-    argv = subprocess.run([str(done.serve), "--port", "8123", "--host", "127.0.0.1"], check=True, text=True,
-                          capture_output=True, env={**os.environ, "PYTHON": str(fake)}).stdout.splitlines()
+    env = {**os.environ, "PYTHON": str(fake), "TMPDIR": str(tmp_path), "PYTHONPATH": "/elsewhere"}
+    env.pop("TOOLACE_VLLM_NOTES", None)
+    path, notes, *argv = subprocess.run([str(done.serve), "--port", "8123", "--host", "127.0.0.1"], check=True,
+                                        text=True, capture_output=True, env=env).stdout.splitlines()
+    assert path == f"{done.out_dir}:/elsewhere"  # the guard and the middleware import by module name
+    assert Path(notes).is_dir() and Path(notes).parent == tmp_path  # a notes folder of this server's own
     assert argv[:2] == ["-m", "vllm.entrypoints.openai.api_server"]
     assert argv[argv.index("--chat-template") + 1] == str(done.template)
     assert argv[-4:] == ["--port", "8123", "--host", "127.0.0.1"]
+    assert argv[argv.index("--logits-processors") + 1] == "toolace_vllm_guard:ToolaceGuard"  # the guard, always
+    unguarded = subprocess.run([str(done.serve)], check=True, text=True, capture_output=True,
+                               env={**env, "TOOLACE_VLLM_GUARD": "off"}).stdout.splitlines()
+    assert "--logits-processors" not in unguarded and "--middleware" in unguarded  # only to measure its cost
     assert done.frame_source.startswith("built-in Llama-3")  # no template in the checkpoint
     assert done.template.read_text() == build_template(LLAMA3_TEMPLATE)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import guard_cases
 from tests.helpers import openai_cases as cases
 from tests_vllm.conftest import MEASURED, target
 from toolace.agent import run
@@ -103,3 +104,16 @@ def test_throughput_at_1_2_4_8_clients(server: cases.Target) -> None:
     figures["plain_text_1_client"] = {"completion_tokens": 128,
                                       "tokens_per_second": round(128 / (time.monotonic() - start), 1)}
     MEASURED["export_throughput"] = figures
+
+
+def test_a_request_cannot_switch_the_guard_off(server: cases.Target) -> None:
+    """A client that sends the guard's own request entry (claiming free text, naming a path as its nonce) still gets
+    a complete call at a budget that needs cutting, reported as truncated: the middleware replaces the entry."""
+    hostile = {"vllm_xargs": {"toolace": json.dumps({"calls_only": False, "names": [], "nonce": "../../tmp/x"})}}
+    assert guard_cases.case_guard_without_toolace_fields(server, hostile) == []
+
+
+def test_guard_cases_recorded() -> None:
+    """What the shared guard cases saw on this server (they ran above), for docs/scale-out.md."""
+    assert guard_cases.SEEN, "the shared guard cases did not run before this test"
+    MEASURED["guard_cases"] = dict(guard_cases.SEEN)

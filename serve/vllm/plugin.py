@@ -28,8 +28,10 @@ from vllm.sampling_params import StructuredOutputsParams
 from vllm.tool_parsers import ToolParser, ToolParserManager
 
 from toolace.errors import ToolaceError
+from toolace.grammars.json_schema import response_grammar
 from toolace.grammars.parser import CallParseError, StreamParser, looks_like_calls, parse_calls
 from toolace.grammars.toolset import ToolSet, build_toolset
+from toolace.serve.vllm.meta import check_budget, hf_vocab, read_meta, tool_format, with_meta
 
 log = logging.getLogger("toolace.vllm")
 
@@ -59,6 +61,16 @@ def request_toolset(request: Any) -> ToolSet:
         raise ValueError(str(e)) from None  # vLLM answers ValueError with HTTP 400
 
 
+def max_tokens_of(request: Any) -> int | None:
+    """The request's token budget as the client gave it (chat: max_completion_tokens or max_tokens; Responses:
+    max_output_tokens); None: vLLM's default, the context left."""
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = getattr(request, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
 def call_id() -> str:
     return "call_" + secrets.token_hex(12)
 
@@ -83,11 +95,24 @@ class ToolaceToolParser(ToolParser):
         self._has_args: dict[int, bool] = {}
 
     def adjust_request(self, request: Any) -> Any:
-        """Called after the prompt is rendered, before sampling parameters are built (tool_choice != none)."""
+        """Called after the prompt is rendered, before sampling parameters are built (tool_choice != none): the
+        grammar for the request (joined with a JSON schema the middleware left here, as toolace serve joins them),
+        what the budget guard needs to know about it, and the refusal of a budget below the shortest call."""
         if not request.tools or request.tool_choice == "none":
             return request
         toolset = request_toolset(request)
-        request.structured_outputs = StructuredOutputsParams(grammar=toolset.grammar.gbnf)
+        names = [t.name for t in toolset.tools]
+        try:
+            fmt = tool_format(request.vllm_xargs)
+            gbnf = toolset.grammar.gbnf if fmt is None else response_grammar(toolset, fmt)
+            calls_only = toolset.calls_only or fmt is not None
+            check_budget(hf_vocab(self.model_tokenizer), gbnf, names, calls_only, max_tokens_of(request))
+        except ToolaceError as e:
+            raise ValueError(str(e)) from None  # vLLM answers ValueError with HTTP 400
+        meta = {**read_meta(request.vllm_xargs), "names": names, "calls_only": calls_only, "json": fmt is not None}
+        meta.pop("schema", None)
+        request.vllm_xargs = with_meta(request.vllm_xargs, meta)
+        request.structured_outputs = StructuredOutputsParams(grammar=gbnf)
         request.response_format = None
         return request
 

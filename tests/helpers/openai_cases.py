@@ -14,6 +14,7 @@ from typing import Any
 
 from openai import APIStatusError, OpenAI
 
+from tests.helpers import guard_cases
 from toolace.grammars.check import check_text
 from toolace.grammars.parser import Call, CallParseError, parse_calls
 from toolace.grammars.toolset import build_toolset
@@ -244,3 +245,27 @@ class SharedCases:
 
     def test_stream_deltas_concatenate_to_non_stream_arguments(self, server: Target) -> None:
         assert case_stream_matches(server) == {f"named {CALENDAR}": [], "required": [], f"named {WEATHER}": []}
+
+    # The budget guard and the runaway cut (tests/helpers/guard_cases.py, issue #27)
+    def test_complete_calls_at_every_budget_streamed_or_not(self, server: Target) -> None:
+        problems, seen = guard_cases.case_complete_at_every_budget(server)
+        bad = {k: (v, seen[k]) for k, v in problems.items() if v}
+        assert not bad, bad  # (helper modules get no assertion rewriting: the message says what failed)
+
+    def test_tiny_budget_refused_below_the_shortest_call_and_complete_at_it(self, server: Target) -> None:
+        problems, minimums = guard_cases.case_tiny_budget(server)
+        bad = {k: v for k, v in problems.items() if v}
+        assert not bad and len(minimums) == len(guard_cases.CHOICES), (bad, minimums)
+
+    def test_structured_runaways_end_early_complete_and_valid(self, server: Target) -> None:
+        problems, seen = guard_cases.case_structured_runaways(server)
+        bad = {k: (v, seen[k]) for k, v in problems.items() if v}
+        assert not bad, bad
+
+    def test_responses_text_format_gets_the_same_guard(self, server: Target) -> None:
+        problems = guard_cases.case_responses_text_format(server)
+        assert not problems, problems
+
+    def test_a_request_naming_no_toolace_field_is_guarded(self, server: Target) -> None:
+        problems = guard_cases.case_guard_without_toolace_fields(server)
+        assert not problems, problems

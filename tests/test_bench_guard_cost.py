@@ -1,0 +1,35 @@
+"""The vLLM guard's cost as `toolace bench serve --vllm-export` reports it (eval/bench_serve.py: guard_cost): tok/s
+with the guard against the same server without it, at 1 and 4 clients; the 5% target at its bound and past it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from toolace.eval.bench_serve import (
+    GUARD_LEVELS,
+    TARGET_GUARD_SLOWDOWN,
+    VLLM_COLUMN,
+    VLLM_UNGUARDED_COLUMN,
+    guard_cost,
+)
+
+
+def _report(on: float, off: float, levels: tuple[int, ...] = GUARD_LEVELS) -> dict[str, Any]:
+    return {"columns": {VLLM_COLUMN: [{"clients": n, "tok_per_s": on} for n in (1, 2, 4, 8)],
+                        VLLM_UNGUARDED_COLUMN: [{"clients": n, "tok_per_s": off} for n in levels]}}
+
+
+@pytest.mark.parametrize(("on", "met"), [(100 * (1 - TARGET_GUARD_SLOWDOWN), True), (100.0, True), (110.0, True),
+                                         (100 * (1 - TARGET_GUARD_SLOWDOWN) - 0.1, False), (50.0, False)])
+def test_guard_cost_target(on: float, met: bool) -> None:
+    cost = guard_cost(_report(on, 100.0))
+    assert set(cost) == {f"vllm_guard_{n}" for n in GUARD_LEVELS}
+    assert all(c["met"] is met and c["needed"] == TARGET_GUARD_SLOWDOWN for c in cost.values())
+    assert cost["vllm_guard_1"]["measured"] == round(1 - on / 100.0, 3)
+
+
+def test_no_unguarded_column_no_target() -> None:
+    assert guard_cost({"columns": {VLLM_COLUMN: [{"clients": 1, "tok_per_s": 5.0}]}}) == {}
+    assert set(guard_cost(_report(9.0, 10.0, levels=(4,)))) == {"vllm_guard_4"}
