@@ -118,7 +118,8 @@ def run(question: str, tools_file: str | None, functions_file: str | None, mcp_c
         click.echo(result.answer)
     if result.finish_reason != "answer":
         why = {"max_steps": f"the model was still calling tools after {max_steps} step(s) (--max-steps)",
-               "length": "the answer was cut by --max-tokens", "refused": "stopped at an approval prompt"}
+               "length": "the answer was cut by --max-tokens, or where it began to repeat itself",
+               "refused": "stopped at an approval prompt"}
         click.echo(f"run ended without a complete answer: {why[result.finish_reason]}", err=True)
         sys.exit(1)
 

@@ -41,9 +41,11 @@ class EngineRequest:
 def engine_request(messages: Any, *, tools: list[dict[str, Any]] | None = None, tool_choice: Any = None,
                    parallel_tool_calls: Any = None, response_format: ResponseFormat | None = None,
                    max_tokens: Any = None, stop: Any = None, sampling: dict[str, Any] | None = None,
-                   stream: Any = None, n: Any = None, where: dict[str, str] | None = None) -> EngineRequest:
+                   stream: Any = None, n: Any = None, where: dict[str, str] | None = None,
+                   stop_loops: Any = None) -> EngineRequest:
     """Check every field once and build the request. `tools` in the chat form; `where` renames fields in error
-    messages to the dialect's own (e.g. {"max_tokens": "options.num_predict"})."""
+    messages to the dialect's own (e.g. {"max_tokens": "options.num_predict"}). `stop_loops` (toolace's own,
+    default true): a text answer that goes round ends there (docs/budget.md, "Looping answers")."""
     names = {"messages": "messages", "tool_choice": "tool_choice", "parallel_tool_calls": "parallel_tool_calls",
              "max_tokens": "max_tokens", "stop": "stop", "stream": "stream", "n": "n", **(where or {})}
     if not isinstance(messages, list) or not messages:
@@ -55,6 +57,8 @@ def engine_request(messages: Any, *, tools: list[dict[str, Any]] | None = None, 
     toolset = ToolACE.toolset(tools, choice, parallel) if tools else None  # bad tools → InputError → 400
     options = dict(max_tokens=max_tokens_of(max_tokens, names["max_tokens"]), stop=stop_of(stop, names["stop"]),
                    response_format=response_format, **sampling_of(sampling or {}))
+    if stop_loops is not None:  # else ToolACE.stream's default (on); raw completions never take it
+        options["stop_loops"] = flag(stop_loops, "stop_loops", True)
     return EngineRequest(messages, toolset, options, flag(stream, names["stream"], False), n_of(n, names["n"]))
 
 

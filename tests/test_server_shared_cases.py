@@ -24,7 +24,8 @@ def url(smollm2_gguf: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def server(url: str) -> cases.Target:
-    return cases.Target(OpenAI(base_url=url, api_key="unused", timeout=120, max_retries=0), "smollm2",
+    # 600 s: the guard cases generate up to 400 tokens, minutes on a loaded 2-core machine
+    return cases.Target(OpenAI(base_url=url, api_key="unused", timeout=600, max_retries=0), "smollm2",
                         logprobs=False)
 
 
