@@ -19,13 +19,17 @@ from .constraints import Constraint
 from .model import Model
 from .sampling import Sampler, SamplingParams
 
+# Where an output token came from (GenerationStats counts each): fast-forward, the model's logits, the budget guard.
+FORCED, SAMPLED, PLANNED = "forced", "sampled", "planned"
+
 
 @dataclass
 class GenerationStats:
     prompt_tokens: int = 0
     reused_tokens: int = 0
     completion_tokens: int = 0
-    forced_tokens: int = 0
+    forced_tokens: int = 0  # emitted by fast-forward: the grammar allowed only these
+    sampled_tokens: int = 0  # chosen from the model's logits, one per decode
     rejections: int = 0
     prefill_seconds: float = 0.0
     first_token_seconds: float = 0.0  # time to first token, from the start of prefill
@@ -77,12 +81,17 @@ class _Decoder:
         self.text = ""
         self.t0 = t0  # start of prefill, for time to first token
         self._crossing: tuple[int, int] | None = None  # (period, start) of a cycle found to span several values
+        self.origins: list[str] = []  # per output token: FORCED, SAMPLED or PLANNED, so a cut-back uncounts it
 
     @property
     def room(self) -> int:
         return self.budget - self.st.completion_tokens
 
-    def emit(self, tokens: list[int], forced: bool) -> Chunk:
+    def emit(self, tokens: list[int], forced: bool, origin: str) -> Chunk:
+        """Evaluate and output `tokens`; `forced`: the grammar takes them as a run (no per-token check);
+        `origin` is counted in the stats (forced + sampled + planned = completion tokens)."""
+        self._count(origin, len(tokens))
+        self.origins += [origin] * len(tokens)
         if self.constraint is not None:
             if forced:
                 self.constraint.accept_forced(tokens)
@@ -97,6 +106,14 @@ class _Decoder:
         self.text += piece
         return Chunk(piece, tokens)
 
+    def _count(self, origin: str, n: int) -> None:
+        if origin == FORCED:
+            self.st.forced_tokens += n
+        elif origin == SAMPLED:
+            self.st.sampled_tokens += n
+        else:
+            self.st.planned_tokens += n
+
     def guarded(self, tokens: list[int]) -> tuple[list[int] | None, bool]:
         """The tokens to emit for this step (None: end the turn), and whether they are the guard's plan."""
         if self.guard is None:
@@ -104,7 +121,6 @@ class _Decoder:
         verdict = self.guard.check(tokens, self.room - len(tokens))
         if verdict.cut:
             self.st.truncated = True
-            self.st.planned_tokens += len(verdict.tokens or [])
         return verdict.tokens, verdict.cut
 
     def hit_stop(self) -> bool:
@@ -137,6 +153,9 @@ class _Decoder:
         """Roll the last `drop` tokens back everywhere (KV, grammar, guard, text) and close the value there."""
         dropped = self.out[len(self.out) - drop:]
         del self.out[len(self.out) - drop:]
+        for origin in self.origins[len(self.origins) - drop:]:
+            self._count(origin, -1)
+        del self.origins[len(self.origins) - drop:]
         self.model.truncate(len(self.model.tokens) - drop)
         if self.constraint is not None:
             self.constraint.rollback(drop)
@@ -153,8 +172,7 @@ class _Decoder:
         close = self.guard.close_value()
         if close is None:
             return Chunk("", [], retract=chars)
-        self.st.planned_tokens += 1
-        chunk = self.emit(close, forced=False)
+        chunk = self.emit(close, forced=False, origin=PLANNED)
         return Chunk(chunk.text, chunk.tokens, retract=chars)
 
 
@@ -205,7 +223,8 @@ def generate(model: Model, prompt: Sequence[int], *, constraint: Constraint | No
                 constraint.discard()  # the model's token was checked (maybe consumed) but not taken
         if tokens is None:  # the plan ends the turn here (the grammar accepts)
             break
-        chunk = dec.emit(tokens, forced=len(tokens) > 1 or (bool(forced) and not planned))
+        chunk = dec.emit(tokens, forced=len(tokens) > 1 or (bool(forced) and not planned),
+                         origin=PLANNED if planned else FORCED if forced else SAMPLED)
         yield chunk
         if not forced and not planned:
             cut = dec.runaway()

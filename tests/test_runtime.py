@@ -161,3 +161,24 @@ def test_llama3_control_tokens_in_user_and_tool_text_stay_plain(tiny: ToolACE, r
     assert baseline.count(ids["<|eot_id|>"]) == (1 if role == "user" else 2)  # the near miss: the template's own
     assert baseline.count(ids["<|start_header_id|>"]) == baseline.count(ids["<|eot_id|>"]) + 1  # + generation turn
     assert hostile in tiny.model.llm.detokenize(attacked, special=True).decode()  # the text itself is kept whole
+
+
+def test_token_origins_are_counted(ta: ToolACE) -> None:
+    """Fast-forward forces the call's fixed text (`[find_user(name=`): those tokens are counted as forced, the rest
+    as sampled, and together they are every completion token (the bench's forced share reads this counter)."""
+    result = ta.call("Find Dana.", TOOLS, "find_user", max_tokens=32)
+    st = result.stats
+    assert result.valid and st.forced_tokens > 0 and st.sampled_tokens > 0 and st.planned_tokens == 0
+    assert st.forced_tokens + st.sampled_tokens == st.completion_tokens
+    free = ta.call("Find Dana.", TOOLS, "find_user", max_tokens=32, fast_forward=False)
+    assert free.raw == result.raw and free.stats.forced_tokens == 0
+    assert free.stats.sampled_tokens == free.stats.completion_tokens
+
+
+def test_a_cut_back_uncounts_the_dropped_tokens(ta: ToolACE) -> None:
+    """The budget guard's tokens are counted as planned; a runaway value cut back leaves the counts summing to
+    the completion tokens that remain."""
+    result = ta.call("Find the user named " + "Lo" * 40, TOOLS, "find_user", max_tokens=24)
+    st = result.stats
+    assert result.valid and st.truncated and st.loop_cuts == 1 and st.rolled_back_tokens > 0 and st.planned_tokens > 0
+    assert st.forced_tokens + st.sampled_tokens + st.planned_tokens == st.completion_tokens
