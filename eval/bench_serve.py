@@ -8,6 +8,8 @@ first token, validity. Also this machine's batching ceiling: one llama_decode of
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import signal
@@ -38,7 +40,14 @@ LEVELS = (1, 2, 4, 8)
 BENCH_CATEGORIES = ("simple_python", "multiple", "parallel")
 REQUESTS_PER_CLIENT = 3  # each client sends this many requests per level: enough for a p95 at 8 clients (24)
 VLLM_COLUMN, VLLM_UNGUARDED_COLUMN = "vLLM (toolace export)", "vLLM (export, no guard)"
+VLLM_GUARDED_COLUMN = "vLLM (export, guard)"  # the guard's cost: the same longer run as VLLM_UNGUARDED_COLUMN
 GUARD_LEVELS = (1, 4)  # clients at which the guard's cost is measured
+# Three requests at 1 client (~40 tokens, ~3 s) moved tok/s by +-20% between two runs, and even whole runs of the
+# same server drifted by 15% on this shared 2-core machine. So both servers run at once (an idle vLLM uses no CPU)
+# and take turns burst by burst: `clients` concurrent requests to one, then the same to the other, in alternating
+# order, GUARD_BURSTS times per level after WARMUP_REQUESTS unmeasured ones; a drift slows both alike.
+GUARD_BURSTS = 12
+WARMUP_REQUESTS = 2
 TARGET_GUARD_SLOWDOWN = 0.05  # the guard may make vLLM at most 5% slower in tok/s (issue #27)
 START_SECONDS = 300  # a server must answer /v1/models (or /health) within this
 REQUEST_SECONDS = 600  # one request, queueing included
@@ -157,11 +166,11 @@ def _completion_request(url: str, job: Job, max_tokens: int) -> tuple[float | No
 
 
 def _level(send: Callable[[Job], tuple[float | None, int, list[Call] | None]], jobs: list[Job],
-           clients: int) -> dict[str, Any]:
-    """`clients` threads, each sending its share of the requests one after another."""
+           clients: int, per_client: int = REQUESTS_PER_CLIENT) -> dict[str, Any]:
+    """`clients` threads, each sending `per_client` requests one after another."""
     rows: list[dict[str, Any]] = []
     lock = threading.Lock()
-    work = [jobs[i % len(jobs)] for i in range(clients * REQUESTS_PER_CLIENT)]
+    work = [jobs[i % len(jobs)] for i in range(clients * per_client)]
 
     def client(k: int) -> None:
         for job in work[k::clients]:
@@ -221,7 +230,8 @@ def _llama_server_column(binary: str, gguf: Path, n_ctx: int, threads: int, jobs
 
 
 def _vllm_column(url: str | None, export: str | None, extra: str, jobs: list[Job], max_tokens: int,
-                 logs: Path, guard: bool = True, levels: tuple[int, ...] = LEVELS) -> list[dict[str, Any]]:
+                 logs: Path, guard: bool = True, levels: tuple[int, ...] = LEVELS,
+                 per_client: int = REQUESTS_PER_CLIENT) -> list[dict[str, Any]]:
     """vLLM at `url`, or started from a `toolace export vllm` folder (its serve.sh) for this column only;
     `guard=False` starts it without the budget guard (TOOLACE_VLLM_GUARD=off), to measure what the guard costs."""
     if url is None:
@@ -229,19 +239,65 @@ def _vllm_column(url: str | None, export: str | None, extra: str, jobs: list[Job
         url = f"http://127.0.0.1:{port}/v1"
         cmd = [str(Path(export or "") / "serve.sh"), "--host", "127.0.0.1", "--port", str(port), *extra.split()]
         env = {"TOOLACE_VLLM_GUARD": "on" if guard else "off"}
-        with server_process(cmd, f"{url}/models", logs / f"vllm{'' if guard else '-unguarded'}.log", env):
-            return _vllm_column(url, None, extra, jobs, max_tokens, logs, guard, levels)
+        log = logs / f"vllm{'' if guard else '-unguarded'}-{per_client}.log"
+        with server_process(cmd, f"{url}/models", log, env):
+            return _vllm_column(url, None, extra, jobs, max_tokens, logs, guard, levels, per_client)
     model = httpx.get(f"{url}/models", timeout=30).json()["data"][0]["id"]
-    return [_level(lambda j: _chat_request(url, model, j, max_tokens), jobs, clients) for clients in levels]
+    for job in jobs[:WARMUP_REQUESTS]:
+        _chat_request(url, model, job, max_tokens)
+    return [_level(lambda j: _chat_request(url, model, j, max_tokens), jobs, clients, per_client)
+            for clients in levels]
+
+
+def _guard_pair(export: str, extra: str, jobs: list[Job], max_tokens: int,
+                logs: Path) -> dict[str, list[dict[str, Any]]]:
+    """The export with and without the guard, both running, taking turns (GUARD_BURSTS); a merged row per level."""
+    urls = {}
+    with contextlib.ExitStack() as stack:
+        for name, guard in ((VLLM_GUARDED_COLUMN, True), (VLLM_UNGUARDED_COLUMN, False)):
+            port = free_port()
+            urls[name] = f"http://127.0.0.1:{port}/v1"
+            cmd = [str(Path(export) / "serve.sh"), "--host", "127.0.0.1", "--port", str(port), *extra.split()]
+            stack.enter_context(server_process(cmd, f"{urls[name]}/models", logs / f"vllm-pair-{int(guard)}.log",
+                                               {"TOOLACE_VLLM_GUARD": "on" if guard else "off"}))
+        models = {name: httpx.get(f"{url}/models", timeout=30).json()["data"][0]["id"] for name, url in urls.items()}
+        for name, url in urls.items():
+            for job in jobs[:WARMUP_REQUESTS]:
+                _chat_request(url, models[name], job, max_tokens)
+        bursts: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in urls}
+        for clients in GUARD_LEVELS:
+            for name in urls:
+                bursts[name].append([])
+            for k in range(GUARD_BURSTS):
+                some = [jobs[(k * clients + i) % len(jobs)] for i in range(clients)]
+                for name in (list(urls) if k % 2 == 0 else list(urls)[::-1]):
+                    bursts[name][-1].append(_level(functools.partial(_chat_request, urls[name], models[name],
+                                                                     max_tokens=max_tokens), some, clients, 1))
+    return {name: [_merged(level) for level in levels] for name, levels in bursts.items()}
+
+
+def _merged(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for several runs of a level (bursts): totals for throughput, medians of the runs' latencies."""
+    out = dict(rows[0])
+    for key in ("requests", "completion_tokens"):
+        out[key] = sum(r[key] for r in rows)
+    out["wall_s"] = round(sum(r["wall_s"] for r in rows), 3)
+    out["tok_per_s"] = round(out["completion_tokens"] / out["wall_s"], 2)
+    out["req_per_s"] = round(out["requests"] / out["wall_s"], 3)
+    for key in ("latency_p50_s", "latency_p95_s", "ttft_p50_s"):
+        values = [r[key] for r in rows if r[key] is not None]
+        out[key] = round(statistics.median(values), 3) if values else None
+    out["validity"] = sum(r["validity"] * r["requests"] for r in rows) / out["requests"]
+    return out
 
 
 def guard_cost(report: dict[str, Any]) -> dict[str, Any]:
-    """tok/s of the vLLM column with the budget guard against the same server without it, at GUARD_LEVELS; the
-    target is at most TARGET_GUARD_SLOWDOWN slower (issue #27)."""
+    """tok/s of vLLM with the budget guard against the same server without it, at GUARD_LEVELS, each from the same
+    longer run; the target is at most TARGET_GUARD_SLOWDOWN slower (issue #27)."""
     out = {}
     for n in GUARD_LEVELS:
         rows = [next((r for r in report["columns"].get(c, []) if r["clients"] == n), None)
-                for c in (VLLM_COLUMN, VLLM_UNGUARDED_COLUMN)]
+                for c in (VLLM_GUARDED_COLUMN, VLLM_UNGUARDED_COLUMN)]
         if rows[0] and rows[1] and rows[1]["tok_per_s"]:
             slower = round(1 - rows[0]["tok_per_s"] / rows[1]["tok_per_s"], 3)  # judged as reported
             out[f"vllm_guard_{n}"] = {"measured": slower, "needed": TARGET_GUARD_SLOWDOWN,
@@ -302,8 +358,7 @@ def bench_serve(model: str = "demo", data: str | None = None, n_ctx: int = 2048,
         cols[VLLM_COLUMN] = _vllm_column(vllm_url.rstrip("/") if vllm_url else None, vllm_export, vllm_args, jobs,
                                          max_tokens, log_dir)
     if vllm_export and not vllm_url:
-        cols[VLLM_UNGUARDED_COLUMN] = _vllm_column(None, vllm_export, vllm_args, jobs, max_tokens, log_dir,
-                                                   guard=False, levels=GUARD_LEVELS)
+        cols.update(_guard_pair(vllm_export, vllm_args, jobs, max_tokens, log_dir))
     report["targets"] = {**targets(report), **guard_cost(report)}
     if json_out:
         save_json(report, json_out)

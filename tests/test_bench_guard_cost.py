@@ -11,13 +11,15 @@ from toolace.eval.bench_serve import (
     GUARD_LEVELS,
     TARGET_GUARD_SLOWDOWN,
     VLLM_COLUMN,
+    VLLM_GUARDED_COLUMN,
     VLLM_UNGUARDED_COLUMN,
     guard_cost,
 )
 
 
 def _report(on: float, off: float, levels: tuple[int, ...] = GUARD_LEVELS) -> dict[str, Any]:
-    return {"columns": {VLLM_COLUMN: [{"clients": n, "tok_per_s": on} for n in (1, 2, 4, 8)],
+    return {"columns": {VLLM_COLUMN: [{"clients": n, "tok_per_s": 1.0} for n in (1, 2, 4, 8)],
+                        VLLM_GUARDED_COLUMN: [{"clients": n, "tok_per_s": on} for n in levels],
                         VLLM_UNGUARDED_COLUMN: [{"clients": n, "tok_per_s": off} for n in levels]}}
 
 
@@ -33,3 +35,18 @@ def test_guard_cost_target(on: float, met: bool) -> None:
 def test_no_unguarded_column_no_target() -> None:
     assert guard_cost({"columns": {VLLM_COLUMN: [{"clients": 1, "tok_per_s": 5.0}]}}) == {}
     assert set(guard_cost(_report(9.0, 10.0, levels=(4,)))) == {"vllm_guard_4"}
+
+
+def test_rounds_merge_into_totals_and_medians() -> None:
+    """The guard's cost is read from several starts of each server: tok/s from the summed tokens and wall time
+    (not the mean of the rounds' rates), latencies as the median of the rounds'."""
+    from toolace.eval.bench_serve import _merged
+
+    row = {"clients": 1, "requests": 2, "wall_s": 2.0, "completion_tokens": 20, "tok_per_s": 10.0, "req_per_s": 1.0,
+           "latency_p50_s": 1.0, "latency_p95_s": 1.5, "ttft_p50_s": None, "validity": 1.0}
+    slow = {**row, "wall_s": 4.0, "tok_per_s": 5.0, "req_per_s": 0.5, "latency_p50_s": 2.0, "latency_p95_s": 2.5,
+            "ttft_p50_s": 0.3, "validity": 0.5}
+    merged = _merged([row, slow])
+    assert (merged["requests"], merged["completion_tokens"], merged["wall_s"]) == (4, 40, 6.0)
+    assert (merged["tok_per_s"], merged["latency_p50_s"], merged["ttft_p50_s"], merged["validity"]) == \
+        (6.67, 1.5, 0.3, 0.75)
