@@ -46,6 +46,15 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _earlier(path: Path, max_tokens: int) -> list[dict[str, Any]]:
+    """The questions an interrupted run with the same budget already answered (greedy: they would not change)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return list(report.get("questions", [])) if report.get("max_tokens") == max_tokens else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "bfcl"))
@@ -55,9 +64,12 @@ def main() -> None:
     args = parser.parse_args()
     ta = ToolACE.load("demo", n_ctx=4096)
     questions = list(load_questions(args.data, ("irrelevance",)))[: args.limit]
-    rows: list[dict[str, Any]] = []
+    rows = _earlier(Path(args.json), args.max_tokens)
+    done = {r["id"] for r in rows}
     start = time.monotonic()
     for q in questions:
+        if q.id in done:
+            continue
         rows.append({"id": q.id, "off": answer(ta, q, args.max_tokens, False),
                      "on": answer(ta, q, args.max_tokens, True)})
         report = {"model": "demo (SmolLM2-135M-Instruct Q4_1)", "decoding": "greedy, tool_choice auto",

@@ -109,6 +109,8 @@ class ResponseFormat:
             value = json.loads(text)
         except ValueError as e:
             return [f"response is not JSON: {e}"]
+        except RecursionError:
+            return ["response nests too deep to check"]
         return [f"response{''.join(f'/{p}' for p in err.absolute_path)}: {err.message}"
                 for err in sorted(self.validator.iter_errors(value), key=lambda e: list(e.absolute_path))]
 

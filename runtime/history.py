@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from toolace.errors import InputError
-from toolace.limits import MAX_REMEMBERED_CALLS
+from toolace.limits import MAX_LITERAL_DEPTH, MAX_REMEMBERED_CALLS
 
 from ..grammars.gbnf import render_calls
 
@@ -47,6 +47,17 @@ class CallMemory:
         return raws.pop() if len(raws) == 1 and None not in raws else None
 
 
+def _depth(value: Any) -> int:
+    """Nesting of lists and objects in a JSON value, without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, (list, dict)):
+            deepest = max(deepest, d)
+            todo += [(x, d + 1) for x in (v.values() if isinstance(v, dict) else v)]
+    return deepest
+
+
 def _tool_calls(msg: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for tc in msg.get("tool_calls") or []:
@@ -57,10 +68,14 @@ def _tool_calls(msg: dict[str, Any]) -> list[dict[str, Any]]:
         if isinstance(args, str):
             try:
                 args = json.loads(args or "{}")
-            except json.JSONDecodeError:
-                raise InputError(f"tool call {fn['name']!r}: arguments are not JSON") from None
+            except RecursionError:
+                raise InputError(f"tool call {fn['name']!r}: arguments nest too deep") from None
+            except ValueError as e:  # not JSON, or an integer past Python's digit limit
+                raise InputError(f"tool call {fn['name']!r}: arguments are not JSON ({e})") from None
         if not isinstance(args, dict):
             raise InputError(f"tool call {fn['name']!r}: arguments must be an object")
+        if _depth(args) - 1 > MAX_LITERAL_DEPTH:  # values the call parser would refuse to read back
+            raise InputError(f"tool call {fn['name']!r}: arguments nest deeper than {MAX_LITERAL_DEPTH} levels")
         out.append({"name": fn["name"], "arguments": args})
     return out
 

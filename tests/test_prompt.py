@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from toolace.errors import TemplateError
+from toolace.errors import InputError, TemplateError
 from toolace.grammars.schema import normalise_tools
-from toolace.limits import MAX_TEMPLATE_LOOP_STEPS, MAX_TEMPLATE_SECONDS
+from toolace.limits import MAX_LITERAL_DEPTH, MAX_TEMPLATE_LOOP_STEPS, MAX_TEMPLATE_SECONDS
 from toolace.runtime.prompt import LLAMA3_TEMPLATE, ChatTemplate, Segment, system_prompt, tool_messages
 
 GOLDEN = (
@@ -152,3 +152,27 @@ def test_sandbox_refuses_mutating_the_messages(source: str, operation: str) -> N
 ])
 def test_sandbox_near_misses_read_the_messages(source: str, rendered: str) -> None:
     assert "".join(s.text for s in ChatTemplate(source).render([{"role": "user", "content": "hi"}])) == rendered
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ('{"n": ' + "1" * 5000 + "}", "arguments are not JSON"),  # past Python's 4,300-digit limit: a ValueError
+    ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "arguments nest too deep"),  # a RecursionError
+    ('{"a": ' + "[" * (MAX_LITERAL_DEPTH + 1) + "]" * (MAX_LITERAL_DEPTH + 1) + "}", "nest deeper than"),
+    ('{"n": 1', "arguments are not JSON"),
+])
+def test_hostile_call_arguments_in_history_are_input_errors(arguments: str, message: str) -> None:
+    """An assistant turn's tool_calls arguments come from the client: each bad kind is one InputError (a 400),
+    never another exception; the near miss (4,000 digits, MAX_LITERAL_DEPTH levels, as the call parser reads)
+    renders."""
+    from toolace.runtime.history import to_template_messages
+
+    def turn(args: str) -> list[dict]:
+        return [{"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": args}}]}]
+
+    with pytest.raises(InputError, match=message):
+        to_template_messages(turn(arguments), "tool")
+    deep = "[" * MAX_LITERAL_DEPTH + "]" * MAX_LITERAL_DEPTH
+    near = to_template_messages(turn('{"n": ' + "1" * 4000 + ', "a": ' + deep + "}"), "tool")
+    assert near[-1]["content"] == f"[f(n={'1' * 4000}, a={deep})]"

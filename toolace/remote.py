@@ -106,7 +106,7 @@ class RemoteToolACE(ChatSurface):
             call = calls[i]
             try:
                 call["parsed"] = json.loads(call["arguments"] or "{}")
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON, past the digit limit, or too deep: not a valid call
                 call["parsed"] = None
                 continue
             for key, value in call["parsed"].items() if isinstance(call["parsed"], dict) else ():
