@@ -32,6 +32,19 @@ def test_guard_cost_target(on: float, met: bool) -> None:
     assert cost["vllm_guard_1"]["measured"] == round(1 - on / 100.0, 3)
 
 
+def test_engine_time_per_token_judged_beside_client_throughput() -> None:
+    """vLLM's own inter-token latency (from /metrics) gives a second reading, judged on the same target."""
+    report = _report(100.0, 100.0)
+    for column, ms in ((VLLM_GUARDED_COLUMN, 21.0), (VLLM_UNGUARDED_COLUMN, 20.0)):
+        for row in report["columns"][column]:
+            row["engine_ms_per_token"] = ms
+    cost = guard_cost(report)
+    assert cost["vllm_guard_engine_4"] == {"measured": 0.05, "needed": TARGET_GUARD_SLOWDOWN, "met": True}
+    assert cost["vllm_guard_1"]["measured"] == 0.0
+    report["columns"][VLLM_GUARDED_COLUMN][0]["engine_ms_per_token"] = 21.2
+    assert guard_cost(report)["vllm_guard_engine_1"]["met"] is False
+
+
 def test_no_unguarded_column_no_target() -> None:
     assert guard_cost({"columns": {VLLM_COLUMN: [{"clients": 1, "tok_per_s": 5.0}]}}) == {}
     assert set(guard_cost(_report(9.0, 10.0, levels=(4,)))) == {"vllm_guard_4"}
