@@ -28,6 +28,8 @@ def test_random_weights_at_temperature_1_5_never_emit_an_invalid_call(tiny_llama
     questions = list(load_questions(bfcl_dir))
     counts: Counter[str] = Counter()
     for i in range(SAMPLES):
+        if STRESS and i and i % 500 == 0:  # a long run that is stopped still says how far it got
+            print(f"\n{i} samples: {dict(counts)}; 0 invalid", flush=True)
         k, v = divmod(i, len(VARIANTS))
         m, parallel = VARIANTS[v]
         q = questions[(k * 7919) % len(questions)]  # a prime stride: every category early, every question in time
