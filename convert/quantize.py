@@ -21,6 +21,7 @@ from toolace.limits import MAX_GGUF_STRING_BYTES, MAX_GGUF_TENSORS, QUANTIZE_POL
 from toolace.paths import atomic_output, output_error
 
 from .gguf_check import check_gguf
+from .imatrix_file import check_imatrix_fits
 
 
 @dataclass(frozen=True)
@@ -251,9 +252,7 @@ def quantize(infile: str | os.PathLike[str], outfile: str | os.PathLike[str], ty
         raise InputError(f"{dst}: output would overwrite the input")
     weights = read_imatrix(imatrix) if imatrix is not None else None
     if weights is not None:
-        names = {t.name for t in header.tensors}
-        if not names & set(weights):
-            raise InputError(f"{imatrix}: no imatrix entry matches a tensor of {src.name} (made for another model?)")
+        check_imatrix_fits(header, weights, str(imatrix))
     with atomic_output(dst) as tmp:
         try:
             _run_llama_quantize(src, tmp, qt, weights, overrides, allow_requantize)

@@ -171,7 +171,7 @@ def _next_token_logprobs(model: Any, prompt: list[int], transcript: list[int]) -
     return out
 
 
-def _transcripts(questions: list[Question], count: int) -> list[tuple[Question, list[dict[str, Any]]]]:
+def call_transcripts(questions: list[Question], count: int) -> list[tuple[Question, list[dict[str, Any]]]]:
     """Up to `count` questions with a concrete ground truth, round-robin over categories so each is represented."""
     queues: dict[str, list[Question]] = {}
     for q in questions:
@@ -210,7 +210,7 @@ def compare(a: str, b: str, data: str | None = None, categories: str = DEFAULT_C
         agree.setdefault(q.category, []).append(ra["calls"] == rb["calls"])
     kls: list[float] = []
     top1: list[bool] = []
-    picked = _transcripts(questions, transcripts)
+    picked = call_transcripts(questions, transcripts)
     for q, calls in _progress(picked, "logits", progress):
         tools = ToolACE.toolset(q.functions).tools
         prompt = ta_a.prompt_tokens(q.messages, tools)

@@ -25,7 +25,7 @@ VERB_MODULES = {
     "convert": "toolace.cli_convert", "info": "toolace.cli_convert", "quantize": "toolace.cli_convert",
     "list": "toolace.cli_models", "pull": "toolace.cli_models", "rm": "toolace.cli_models",
     "show": "toolace.cli_models",
-    "bench": "toolace.eval.cli", "eval": "toolace.eval.cli",
+    "bench": "toolace.eval.cli", "eval": "toolace.eval.cli", "imatrix": "toolace.eval.cli_imatrix",
     "export": "toolace.serve.vllm.export",
 }
 

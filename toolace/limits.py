@@ -141,6 +141,16 @@ MAX_TOKEN_BYTES = 64 * 1024  # bytes in one vocabulary entry (llama.cpp's BPE to
 CONVERT_CHUNK_BYTES = 64 * 1024 * 1024  # bytes of F32 rows converted per step; keeps peak RSS ~ largest tensor read
 QUANTIZE_POLL_SECONDS = 0.2  # how often the main thread wakes while llama.cpp quantizes, so Ctrl-C is honoured
 GGUF_CHECK_READ_BYTES = 512 * 1024 * 1024  # bytes of GGUF header parsed by the pre-check; Llama-3's header is ~8 MB
+# Importance matrices (`toolace imatrix`, eval/imatrix.py, docs/quantize.md).
+IMATRIX_DEFAULT_LIMIT = 200  # calibration transcripts by default: ~100k tokens, llama.cpp's usual 100+ chunks of 512
+MAX_IMATRIX_TRANSCRIPTS = 100_000  # transcripts one run may take (--limit); BFCL v4 has ~5k questions in all
+IMATRIX_CONTEXT_TOKENS = 4096  # tokens of one transcript kept (longer ones are cut): BFCL's longest tool lists fit
+# Tokens decoded per llama.cpp batch while measuring: every one of them produces logits (so the last layer's FFN
+# sees every token, as llama.cpp's imatrix does), and the logits buffer is this times the vocabulary in floats.
+IMATRIX_BATCH_TOKENS = 512
+# Batches narrower than this many tokens are not counted, as in llama.cpp's tools/imatrix ("small batches ignored"):
+# a transcript's last few tokens would otherwise weigh in with their own, unrepresentative statistics.
+IMATRIX_MIN_BATCH_TOKENS = 16
 # Peak RSS budget of a conversion above its largest tensor (docs/design.md, "Conversion").
 CONVERT_MEMORY_HEADROOM_BYTES = 512 * 1024 * 1024
 

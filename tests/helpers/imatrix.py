@@ -1,14 +1,17 @@
 """Importance matrices for tests, measured the way llama.cpp's `llama-imatrix` does (sum of squared activations
 entering each matrix multiplication, per input column, with the token count), but with transformers' forward pass
-on the HF checkpoint, and written in llama.cpp's GGUF imatrix format or its legacy `.dat` format."""
+on the HF checkpoint, and written by the package's writers (convert/imatrix_file.py) in either format."""
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import gguf
 import numpy as np
+
+from toolace.convert.imatrix_file import ImatrixEntry
+from toolace.convert.imatrix_file import write_imatrix_dat as _write_dat
+from toolace.convert.imatrix_file import write_imatrix_gguf as _write_gguf
 
 CALIBRATION = (
     "The weather in Paris is mild in spring. def add(a, b):\n    return a + b\n"
@@ -45,31 +48,15 @@ def measure_imatrix(checkpoint: Path) -> tuple[dict[str, np.ndarray], int]:
     return {k: v.astype(np.float32) for k, v in sums.items()}, int(ids.shape[1])
 
 
+def _entries(sums: dict[str, np.ndarray], n_tokens: int) -> dict[str, ImatrixEntry]:
+    return {k: ImatrixEntry(v, n_tokens) for k, v in sums.items()}
+
+
 def write_imatrix_gguf(path: Path, sums: dict[str, np.ndarray], n_tokens: int) -> Path:
-    """llama.cpp's GGUF imatrix layout: `<tensor>.in_sum2` [n_cols x 1] and `<tensor>.counts` [1 x 1]."""
-    writer = gguf.GGUFWriter(path, arch="imatrix")
-    writer.add_type("imatrix")
-    writer.add_uint32("imatrix.chunk_count", 1)
-    writer.add_uint32("imatrix.chunk_size", n_tokens)
-    writer.add_array("imatrix.datasets", ["toolace-test-calibration"])
-    for name, values in sums.items():
-        writer.add_tensor(name + ".in_sum2", values.reshape(1, -1))
-        writer.add_tensor(name + ".counts", np.array([[float(n_tokens)]], dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    """llama.cpp's GGUF imatrix layout, through the package's own writer."""
+    return _write_gguf(path, _entries(sums, n_tokens), ["toolace-test-calibration"], n_tokens)
 
 
 def write_imatrix_dat(path: Path, sums: dict[str, np.ndarray], n_tokens: int) -> Path:
-    """The legacy binary layout: entry count, then per entry name, ncall, nval, values (mean x ncall)."""
-    out = bytearray(struct.pack("<i", len(sums)))
-    for name, values in sums.items():
-        raw = name.encode()
-        mean = values / n_tokens
-        out += struct.pack("<i", len(raw)) + raw + struct.pack("<ii", 1, values.size)
-        out += mean.astype("<f4").tobytes()
-    out += struct.pack("<i", 1)
-    path.write_bytes(bytes(out))
-    return path
+    """llama.cpp's legacy `.dat` layout, through the package's own writer."""
+    return _write_dat(path, _entries(sums, n_tokens))
