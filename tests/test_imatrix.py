@@ -41,8 +41,9 @@ def measured(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, tiny_
     """{label: (model, imatrix file)}: the demo in the GGUF layout, the tiny Llama in the legacy .dat one."""
     d = tmp_path_factory.mktemp("imatrix")
     out = {}
-    for label, model, name in (("demo", smollm2_gguf, "demo.imatrix.gguf"), ("tiny", tiny_llama_gguf, "tiny.dat")):
-        code, lines = _run(str(model), "-o", str(d / name), "--data", str(bfcl_dir), "--limit", "2")
+    for label, model, name, limit in (("demo", smollm2_gguf, "demo.imatrix.gguf", "1"),
+                                    ("tiny", tiny_llama_gguf, "tiny.dat", "2")):
+        code, lines = _run(str(model), "-o", str(d / name), "--data", str(bfcl_dir), "--limit", limit)
         assert code == 0 and lines == [str(d / name)], lines
         out[label] = (model, d / name)
     assert sorted(p.name for p in d.iterdir()) == ["demo.imatrix.gguf", "tiny.dat"]  # no temp file left
