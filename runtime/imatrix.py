@@ -7,10 +7,10 @@ column, with the number of token rows. Only `blk.*` weights are kept, and batche
 IMATRIX_MIN_BATCH_TOKENS are skipped, both as llama.cpp does by default.
 
 llama-cpp-python hands the callback a bare `struct ggml_tensor *`, so the struct is declared here for the ggml
-this wheel ships (GGML_MAX_DIMS 4, GGML_MAX_OP_PARAMS 64, GGML_MAX_SRC 10, GGML_MAX_NAME 64: unchanged from ggml
-0.0.x through 0.25.x). Every node the callback sees is checked against ggml's own accessors (its size against
-ggml_tensor_overhead, its name against ggml_get_name, its element count against ggml_nelements, for the node and
-its operands), so a different layout is one clear GenerationError, never garbage statistics."""
+the pinned wheel ships (llama-cpp-python 0.3.36: ggml 0.25.3, commit 0c1e570; GGML_MAX_DIMS 4, GGML_MAX_OP_PARAMS
+64, GGML_MAX_SRC 10, GGML_MAX_NAME 64). Every node the callback sees is checked against ggml's own accessors (its
+size against ggml_tensor_overhead, its name against ggml_get_name, its element count against ggml_nelements, for
+the node and its operands), so a different layout is one clear GenerationError, never garbage statistics."""
 
 from __future__ import annotations
 
@@ -91,7 +91,9 @@ class Collector:
         if ctypes.sizeof(GGMLTensor) != expected:
             raise GenerationError(f"this llama.cpp's struct ggml_tensor is {expected} bytes, toolace's declaration "
                                   f"{ctypes.sizeof(GGMLTensor)}: the ggml ABI changed, the imatrix cannot be read")
-        self.callback = __import__("llama_cpp").ggml_backend_sched_eval_callback(self._on_node)
+        import llama_cpp
+
+        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_node)
 
     def _tensor(self, ptr: int) -> GGMLTensor:
         t = GGMLTensor.from_address(ptr)
