@@ -4,7 +4,11 @@ Each step is one model turn under the tools' grammar. The calls of a step run at
 most MAX_TOOL_WORKERS), each bounded by its own time limit; their results go back as tool messages in call order,
 so the conversation reads as the model wrote it. Faults are results: a tool that raises, times out, returns too
 much or whose server died gives the model an error text, and the loop goes on (docs/agent.md). A call that breaks
-its schema (a keyword the grammar could only post-check) is never run: the model gets the violations instead."""
+its schema (a keyword the grammar could only post-check) is never run: the model gets the violations instead.
+
+`on_event` sees the run as it happens (streamed text, each turn's figures, each call with its checks, each result):
+the server's page and `toolace run` share this one path from call to approval to result to answer. `cancel` stops
+it: the current turn before its next token, a pending approval at once (the caller's hook watches it)."""
 
 from __future__ import annotations
 
@@ -29,12 +33,16 @@ from .tools import ExecutableTool, ToolOutput, arguments_json, as_tools, error_t
 
 if TYPE_CHECKING:
     from toolace.api import ToolACE
+    from toolace.surface import CallResult
 
 Approval = bool | Literal["stop"]  # True: run it; False: skip it, the model is told; "stop": end the run (refused)
 DECLINED = "error: the user declined this call; it was not run"
 STOPPED = "error: the user stopped the run; this call was not run"
 TRUNCATED = "error: a value in this call was cut short to fit max_tokens; it was not run"
 INVALID = "error: this call breaks the tool's schema; it was not run: "  # + each violation, naming its keyword
+CHECKED = ("decoded under the grammar of the tools' schemas, parsed, and checked against the tool's JSON Schema "
+           "(keywords a grammar cannot express included)")
+Event = dict[str, Any]  # {"type": "text" | "turn" | "call" | "result", ...}: docs/agent.md, "Events"
 
 
 @dataclass
@@ -53,7 +61,8 @@ class Step:
 @dataclass
 class RunResult:
     """What a run produced: the answer (None if there is none), its steps, the whole conversation and why it ended:
-    answer | max_steps | length (a turn hit max_tokens) | refused (the user stopped it at an approval)."""
+    answer | max_steps | length (a turn hit max_tokens) | refused (the user stopped it at an approval) | cancelled
+    (the caller's `cancel` was set)."""
 
     answer: str | None
     steps: list[Step]
@@ -167,17 +176,47 @@ def _feedback(output: ToolOutput, limit: int) -> str:
     return text
 
 
+def stream_turn(ta: Any, messages: list[dict[str, Any]], toolset: Any, options: dict[str, Any],
+                on_event: Callable[[Event], None] | None = None,
+                cancel: threading.Event | None = None) -> CallResult | None:
+    """One model turn; its text is handed to `on_event` as it comes, then the turn's figures. None when `cancel`
+    stopped it (the stream ends without a result)."""
+    if on_event is None and cancel is None:
+        return ta.chat(messages, toolset, **options)
+    result = None
+    extra = {} if cancel is None else {"cancel": cancel}
+    for ev in ta.stream(messages, toolset, **options, **extra):
+        if ev.kind == "text" and on_event is not None:
+            on_event({"type": "text", "text": ev.text})
+        elif ev.kind == "done":
+            result = ev.result
+    if result is not None and on_event is not None:
+        on_event(turn_event(result))
+    return result
+
+
+def turn_event(result: CallResult) -> Event:
+    """A turn's figures as the page shows them: time to first token and decode speed."""
+    st = result.stats
+    speed = st.completion_tokens / st.decode_seconds if st.decode_seconds > 0 else None
+    return {"type": "turn", "calls": len(result.calls), "finish_reason": result.finish_reason,
+            "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
+            "ttft_s": round(st.first_token_seconds, 4), "tokens_per_s": None if speed is None else round(speed, 2)}
+
+
 def run(ta: ToolACE, question_or_messages: str | Sequence[dict[str, Any]], tools: Sequence[Any],
         tool_choice: Any = "auto", max_steps: int = DEFAULT_MAX_STEPS,
         approve: Callable[[dict[str, Any]], Approval] | None = None, *,
         ask: Callable[[dict[str, Any]], str] | None = None, on_step: Callable[[Step], None] | None = None,
         call_timeout: float = TOOL_CALL_SECONDS, max_result_chars: int = MAX_TOOL_RESULT_CHARS,
-        parallel_tool_calls: bool = True, **options: Any) -> RunResult:
+        parallel_tool_calls: bool = True, on_event: Callable[[Event], None] | None = None,
+        cancel: threading.Event | None = None, **options: Any) -> RunResult:
     """Ask, run the calls, feed the results back, until the model answers or `max_steps` turns made calls.
 
     tools: Python functions, (tool dict, function) pairs, plain tool dicts (their results come from `ask`),
     ExecutableTools, or `MCPServers`. approve(call) sees each call before it runs. tool_choice applies to the
-    first turn only; later turns are "auto" so the model can answer. options: ToolACE.chat's (max_tokens, ...)."""
+    first turn only; later turns are "auto" so the model can answer. options: ToolACE.chat's (max_tokens, ...).
+    on_event(event) and cancel: see the module's docstring."""
     if not isinstance(max_steps, int) or not 1 <= max_steps <= MAX_STEPS:
         raise InputError(f"max_steps must be an integer from 1 to {MAX_STEPS}, got {max_steps!r}")
     if not call_timeout > 0 or max_result_chars < 1:
@@ -191,10 +230,14 @@ def run(ta: ToolACE, question_or_messages: str | Sequence[dict[str, Any]], tools
     by_name = {t.name: t for t in executable}
     messages = _start(question_or_messages)
     steps: list[Step] = []
+    emit = on_event or (lambda event: None)
     for n in range(max_steps):
         start = time.monotonic()
         toolset = first if n == 0 else later
-        turn = ta.chat(messages, toolset, **options)
+        turn = None if cancel is not None and cancel.is_set() else \
+            stream_turn(ta, messages, toolset, options, on_event, cancel)
+        if turn is None:
+            return RunResult(None, steps, messages, "cancelled")
         if not turn.calls:
             messages.append({"role": "assistant", "content": turn.text or ""})
             cut_off = turn.finish_reason == "length"
@@ -206,22 +249,28 @@ def run(ta: ToolACE, question_or_messages: str | Sequence[dict[str, Any]], tools
         messages.append({"role": "assistant", "content": None, "tool_calls": [
             {"id": c["id"], "type": "function",
              "function": {"name": c["name"], "arguments": arguments_json(c["arguments"])}} for c in calls]})
-        if getattr(turn, "truncated", False):  # valid but not what the model meant: never act on it
+        truncated = bool(getattr(turn, "truncated", False))
+        # Checked here, not taken from turn.errors: keywords the grammar only post-checks (a pattern it cannot
+        # express, a format, multipleOf) are enforced before any tool runs, whoever decoded the turn.
+        invalid = {i: toolset.validator.call_errors(c["name"], c["arguments"]) for i, c in enumerate(calls)}
+        for i, c in enumerate(calls):
+            emit({"type": "call", **c, "valid": not invalid[i] and not truncated, "errors": invalid[i],
+                  "truncated": truncated, "checked": CHECKED, "source": getattr(by_name.get(c["name"]), "source", "")})
+        if truncated:  # valid but not what the model meant: never act on it
             outputs, stopped = [(ToolOutput(TRUNCATED, True), 0.0) for _ in calls], False
         else:
-            # Checked here, not taken from turn.errors: keywords the grammar only post-checks (a pattern it cannot
-            # express, a format, multipleOf) are enforced before any tool runs, whoever decoded the turn.
-            invalid = {i: toolset.validator.call_errors(c["name"], c["arguments"]) for i, c in enumerate(calls)}
             outputs, stopped = _execute(calls, by_name, approve, ask, call_timeout, invalid)
         for call, (output, seconds) in zip(calls, outputs, strict=True):
             content = _feedback(output, max_result_chars)
             step.results.append({"id": call["id"], "name": call["name"], "content": content,
                                  "is_error": output.is_error, "seconds": round(seconds, 3)})
+            emit({"type": "result", **step.results[-1]})
             messages.append({"role": "tool", "tool_call_id": call["id"], "name": call["name"], "content": content})
         step.seconds = time.monotonic() - start
         steps.append(step)
         if on_step is not None:
             on_step(step)
         if stopped:
-            return RunResult(None, steps, messages, "refused")
+            cancelled = cancel is not None and cancel.is_set()
+            return RunResult(None, steps, messages, "cancelled" if cancelled else "refused")
     return RunResult(None, steps, messages, "max_steps")

@@ -47,21 +47,37 @@ def load_functions(path: str | Path) -> list[ExecutableTool]:
     return [function_tool(fn) for fn in found]
 
 
+ToolGroup = tuple[str, list[ExecutableTool]]  # (where the tools come from, as a person reads it; the tools)
+
+
 @contextmanager
-def tool_sources(tools_file: str | None = None, functions_file: str | None = None,
-                 mcp_config: str | None = None) -> Iterator[tuple[list[ExecutableTool], list[str]]]:
-    """(tools, warnings) from the given sources; MCP servers run until the block ends, however it ends."""
-    tools: list[ExecutableTool] = []
+def tool_groups(tools_file: str | None = None, functions_file: str | None = None,
+                mcp_config: str | None = None) -> Iterator[tuple[list[ToolGroup], list[str]]]:
+    """(groups, warnings): the tools by source (a tools file, a Python file, each MCP server), for listings such as
+    the server's page; MCP servers run until the block ends, however it ends."""
+    groups: list[ToolGroup] = []
     if tools_file:
         raw: Any = read_tools_file(tools_file)
         entries = raw.get("tools", raw.get("functions", [raw])) if isinstance(raw, dict) else raw
         if not isinstance(entries, list):
             raise InputError(f"tools file {tools_file!r}: expected a list of tools")
-        tools.extend(as_tools([dict(e) if isinstance(e, dict) else e for e in entries]))
+        groups.append((f"tools file {Path(tools_file).name}",
+                       as_tools([dict(e) if isinstance(e, dict) else e for e in entries])))
     if functions_file:
-        tools.extend(load_functions(functions_file))
+        groups.append((f"Python file {Path(functions_file).name}", load_functions(functions_file)))
     if not mcp_config:
-        yield tools, []
+        yield groups, []
         return
     with MCPServers(mcp_config) as servers:
-        yield tools + servers.tools, list(servers.warnings)
+        for cfg in servers.configs:
+            mine = [t for t in servers.tools if t.source == f"mcp:{cfg.name}"]
+            groups.append((f"MCP server {cfg.name}", mine))
+        yield groups, list(servers.warnings)
+
+
+@contextmanager
+def tool_sources(tools_file: str | None = None, functions_file: str | None = None,
+                 mcp_config: str | None = None) -> Iterator[tuple[list[ExecutableTool], list[str]]]:
+    """(tools, warnings) from the given sources; MCP servers run until the block ends, however it ends."""
+    with tool_groups(tools_file, functions_file, mcp_config) as (groups, warnings):
+        yield [t for _, tools in groups for t in tools], warnings

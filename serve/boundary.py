@@ -7,6 +7,8 @@ request is checked before any handler sees it.
 - Origin: a request that carries a foreign Origin (a page of another site) is refused, whatever its method, unless
   `--cors-origin` allows that origin; then it gets CORS headers and its preflight is answered. The server's own
   origin (the page it serves) always passes.
+- Page paths (`own_only`, the built-in page's API under /ui/): only the server's own origin, even when
+  `--cors-origin` allows another: another site's page may never run a tool, whatever CORS says.
 - Content type: a POST must say `application/json`; a page can send `text/plain` (or a typeless Blob) without a
   preflight, JSON never, so this closes the no-preflight route even for a client that sends no Origin.
 An ASGI middleware, so it runs before routing and body reading: a refused request runs nothing."""
@@ -98,8 +100,9 @@ class Boundary:
 
     def __init__(self, app: ASGIApp, bind_host: str = "127.0.0.1", allowed_hosts: Iterable[str] = (),
                  cors_origins: Iterable[str] = (), refused: dict[str, int] | None = None,
-                 error_shape: Callable[..., dict[str, Any]] | None = None) -> None:
+                 error_shape: Callable[..., dict[str, Any]] | None = None, own_only: Iterable[str] = ()) -> None:
         self.app = app
+        self.own_only = tuple(own_only)  # path prefixes no other origin may use, CORS or not
         hosts = set(LOOPBACK_NAMES) | set(check_allowed_hosts(allowed_hosts))
         if bind_host.lower() not in WILDCARD_BINDS:
             hosts.add(host_name(bind_host))
@@ -131,6 +134,10 @@ class Boundary:
                                "loopback names and --allowed-host names (protection against DNS rebinding)")
             return
         cors = origin is not None and origin.lower() not in _own_origins(host)
+        if cors and scope["path"].startswith(self.own_only or ("\0",)):
+            await self._refuse(scope, send, "origin", 403, f"Origin {origin!r} is not allowed: only the page this "
+                               "server serves may use its page endpoints (they run tools)")
+            return
         if cors and not self.cors_allows(origin or ""):
             await self._refuse(scope, send, "origin", 403, f"Origin {origin!r} is not allowed: a web page of "
                                "another site may not use this server (start it with --cors-origin to allow one)")

@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
@@ -37,6 +38,7 @@ from toolace.limits import (
     MAX_BODY_BYTES,
     MAX_REQUEST_TIMEOUT_SECONDS,
     SSE_PING_SECONDS,
+    TOOL_CALL_SECONDS,
 )
 from toolace.runtime.kv_types import DEFAULT_KV_TYPE
 
@@ -46,6 +48,7 @@ from .boundary import Boundary, check_allowed_hosts, check_cors_origins, is_loop
 from .errors import ApiError, api_error, dialect_error, error_body, gone_response, install_error_handlers
 from .ollama_route import OllamaHandlers
 from .ollama_store import OllamaStoreHandlers
+from .page_route import PageHandlers, page_routes
 from .request_model import EngineRequest
 from .requests import chat_request, completion_request, read_json, refuse_fields
 from .responses_api import ResponseStore
@@ -59,7 +62,7 @@ def _data(body: dict[str, Any]) -> dict[str, str]:
     return {"data": json.dumps(body, ensure_ascii=False)}
 
 
-class App(ResponsesHandlers, OllamaHandlers, OllamaStoreHandlers, AnthropicHandlers):
+class App(ResponsesHandlers, OllamaHandlers, OllamaStoreHandlers, AnthropicHandlers, PageHandlers):
     """The handlers, one page each; request parsing and response shaping are plain functions in requests.py and
     responses.py."""
 
@@ -267,11 +270,14 @@ def create_app(ta: ToolACE, api_key: str | None = None, max_queue: int = DEFAULT
                max_body_bytes: int = MAX_BODY_BYTES, model_id: str | None = None,
                aliases: Sequence[str] = (), host: str = "127.0.0.1", allowed_hosts: Sequence[str] = (),
                cors_origins: Sequence[str] = (), body_timeout: float = BODY_READ_SECONDS,
-               request_timeout: float = DEFAULT_REQUEST_TIMEOUT_SECONDS) -> FastAPI:
+               request_timeout: float = DEFAULT_REQUEST_TIMEOUT_SECONDS, tool_groups: Sequence[Any] = (),
+               auto_approve: bool = False, call_timeout: float = TOOL_CALL_SECONDS,
+               tool_warnings: Sequence[str] = ()) -> FastAPI:
     """The FastAPI app serving `ta`. `api_key`: require `Authorization: Bearer KEY` on /v1/*. `aliases`: more
     names /v1/models lists for the model (every name is served by it anyway). `host`, `allowed_hosts`,
     `cors_origins`: the browser boundary (serve/boundary.py). `body_timeout`: seconds to send a body (408);
-    `request_timeout`: seconds from admission to the last byte (504)."""
+    `request_timeout`: seconds from admission to the last byte (504). `tool_groups`: (source label, ExecutableTools)
+    the page's runs may call, each after the user's approval unless `auto_approve` (docs/page.md)."""
     if not isinstance(max_queue, int) or max_queue < 1:
         raise InputError(f"max_queue must be a positive integer, got {max_queue!r}")
     if not isinstance(max_body_bytes, int) or max_body_bytes < 1024:
@@ -286,9 +292,10 @@ def create_app(ta: ToolACE, api_key: str | None = None, max_queue: int = DEFAULT
                              f"got {seconds!r}")
     handlers = App(ta, api_key, max_queue, max_body_bytes, model_id or ta.model.path.stem, aliases,
                    float(body_timeout), float(request_timeout))
+    handlers.init_page(tool_groups, auto_approve, call_timeout, list(tool_warnings))
     app = FastAPI(title="toolace", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(Boundary, bind_host=host, allowed_hosts=allowed_hosts, cors_origins=cors_origins,
-                       refused=handlers.refused, error_shape=dialect_error)
+                       refused=handlers.refused, error_shape=dialect_error, own_only=("/ui/",))
     app.state.slots = handlers.slots
     app.state.handlers = handlers
     install_error_handlers(app)
@@ -300,6 +307,7 @@ def create_app(ta: ToolACE, api_key: str | None = None, max_queue: int = DEFAULT
     app.add_api_route("/v1/responses", handlers.responses, methods=["POST"], dependencies=keyed)
     app.add_api_route("/v1/completions", handlers.completions, methods=["POST"], dependencies=keyed)
     _dialect_routes(app, handlers, keyed)
+    page_routes(app, handlers, keyed)
     return app
 
 
@@ -340,12 +348,18 @@ def serve(model: str = "demo", host: str = "127.0.0.1", port: int = 8000, api_ke
           engine: str = "llguidance", aliases: Sequence[str] = (), parallel: int = DEFAULT_SERVE_PARALLEL,
           api_key_file: str | None = None, allowed_hosts: Sequence[str] = (), cors_origins: Sequence[str] = (),
           request_timeout: float = DEFAULT_REQUEST_TIMEOUT_SECONDS, ready_file: str | None = None,
-          parent_pid: int | None = None, kv_type: str = DEFAULT_KV_TYPE, cache_max_bytes: int | None = None) -> None:
+          parent_pid: int | None = None, kv_type: str = DEFAULT_KV_TYPE, cache_max_bytes: int | None = None,
+          tools_file: str | None = None, functions_file: str | None = None, mcp_config: str | None = None,
+          yes: bool = False, call_timeout: float = TOOL_CALL_SECONDS) -> None:
     """Load `model` and serve it until SIGTERM/Ctrl-C (or `parent_pid`'s exit). A non-loopback host needs an API
     key: `api_key`, else the first line of `api_key_file`, else $TOOLACE_API_KEY (a file or the environment keeps it
     out of `ps`). `port` 0 picks a free port; once ready, one JSON line `{"url", "pid", "model"}` is printed (and
     written to `ready_file`): docs/embedding.md. `aliases`: extra names /v1/models lists. `parallel`: requests
-    decoded together, n_ctx tokens each. `allowed_hosts`, `cors_origins`, `request_timeout`: see create_app."""
+    decoded together, n_ctx tokens each. `allowed_hosts`, `cors_origins`, `request_timeout`: see create_app.
+    `tools_file`, `functions_file`, `mcp_config`: the tools the page's runs call (MCP servers start once, before the
+    model loads, and close on exit); `yes`: run every call without asking (docs/page.md)."""
+    from toolace.agent.sources import tool_groups
+
     from .sidecar import bind, check_parent, run
 
     api_key = resolve_api_key(api_key, api_key_file)
@@ -355,13 +369,22 @@ def serve(model: str = "demo", host: str = "127.0.0.1", port: int = 8000, api_ke
         raise InputError(f"port must be an integer in [0, 65535], got {port!r}")
     check_allowed_hosts(allowed_hosts), check_cors_origins(cors_origins)  # bad flags fail before the model loads
     check_parent(parent_pid)
+    if (tools_file or functions_file or mcp_config) and not is_loopback(host):
+        raise InputError(f"refusing to run tools for clients on {host}: tools act on this machine, serve them on a "
+                         "loopback --host (127.0.0.1)")
+    if not call_timeout > 0:
+        raise InputError(f"call timeout must be a positive number of seconds, got {call_timeout!r}")
     sock = bind(host, port)
     try:
-        ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine, parallel=parallel,
-                          kv_type=kv_type, cache_max_bytes=cache_max_bytes)
-        names = model_aliases(str(model), ta, aliases)
-        app = create_app(ta, api_key=api_key, max_queue=max_queue, aliases=names, host=host,
-                         allowed_hosts=allowed_hosts, cors_origins=cors_origins, request_timeout=request_timeout)
-        run(app, sock, app.state.handlers.name, app.state.handlers.cancel_all, ready_file, parent_pid)
+        with tool_groups(tools_file, functions_file, mcp_config) as (groups, warnings):
+            for w in warnings:
+                print(f"warning: {w}", file=sys.stderr, flush=True)  # a tool left out: said once, at start
+            ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine, parallel=parallel,
+                              kv_type=kv_type, cache_max_bytes=cache_max_bytes)
+            names = model_aliases(str(model), ta, aliases)
+            app = create_app(ta, api_key=api_key, max_queue=max_queue, aliases=names, host=host,
+                             allowed_hosts=allowed_hosts, cors_origins=cors_origins, request_timeout=request_timeout,
+                             tool_groups=groups, auto_approve=yes, call_timeout=call_timeout, tool_warnings=warnings)
+            run(app, sock, app.state.handlers.name, app.state.handlers.cancel_all, ready_file, parent_pid)
     finally:
         sock.close()

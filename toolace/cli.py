@@ -15,6 +15,7 @@ from toolace.limits import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_REQUEST_TIMEOUT_SECONDS,
     DEFAULT_SERVE_PARALLEL,
+    TOOL_CALL_SECONDS,
 )
 
 # Commands defined in other modules, by name. A verb's module is imported only when that verb runs (or --help lists
@@ -153,10 +154,20 @@ def grammar(tools_file: str, tool_choice: str, no_parallel: bool, check: str | N
               help="Another name /v1/models lists for the model (repeatable; any name is served anyway).")
 @click.option("--parallel", type=int, default=DEFAULT_SERVE_PARALLEL, show_default=True,
               help="Requests decoded together (slots of --n-ctx tokens each); 1 = one at a time.")
+@click.option("--mcp", "mcp_config", default=None, type=click.Path(dir_okay=False),
+              help='Tools the page runs: MCP config {"mcpServers": {name: {command, args, env, cwd}}}.')
+@click.option("--functions", "functions_file", default=None, type=click.Path(dir_okay=False),
+              help="Tools the page runs: a Python file (its TOOLS list, or its public functions).")
+@click.option("--tools", "tools_file", default=None, type=click.Path(dir_okay=False),
+              help="Tools the page offers without code: a JSON tools file (you type each result).")
+@click.option("--yes", is_flag=True, help="Run every tool call without asking for approval on the page.")
+@click.option("--call-timeout", type=float, default=TOOL_CALL_SECONDS, show_default=True,
+              help="Seconds one tool call may run.")
 @edge
 def serve(**kwargs: Any) -> None:
     """Local server: OpenAI's /v1/chat/completions (tools enforced), /v1/responses, /v1/completions; Anthropic's
-    /v1/messages; Ollama's /api/*; /health, /slots. Prints one JSON line {url, pid, model} once ready."""
+    /v1/messages; Ollama's /api/*; /health, /slots; a page at / that runs --mcp/--functions tools after your
+    approval (docs/page.md). Prints one JSON line {url, pid, model} once ready: open the url."""
     from toolace.serve.server import serve as run_server
 
     run_server(**kwargs)
