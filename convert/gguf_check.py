@@ -226,6 +226,8 @@ def _parse(buf: Any, size: int, p: Path) -> GGUFHeader:
         header.tensors.append(_tensor_info(cur, header.alignment, names, i))
     header.parsed_bytes = cur.pos
     header.data_start = -(-cur.pos // header.alignment) * header.alignment
+    if not header.tensors:  # an empty data section may lack its padding: llama.cpp seeks past the end and reads 0
+        header.data_start = min(header.data_start, size)
     data_len = size - header.data_start
     for t in header.tensors:
         if t.offset + t.nbytes > data_len:

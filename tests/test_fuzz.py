@@ -260,6 +260,26 @@ def test_fuzz_gguf_precheck(data: st.DataObject) -> None:
             assert header.parsed_bytes <= header.data_start <= len(raw)  # never reads past its header
 
 
+def test_tensorless_file_without_padding_regression(tmp_path: Path) -> None:
+    """Found by `make stress`: a GGUF with no tensors that ends right after its metadata (41 bytes, so the padded
+    data section would start at 64) passed with its data section placed past the end of the file. Its empty data
+    section now starts at the end of the file, as llama.cpp reads it; a tensor there is still refused."""
+    from tests.helpers.gguf_bytes import STRING, gguf_file, kv, tensor_info
+    from toolace.convert.gguf_check import check_gguf
+    from toolace.errors import ModelFileError
+
+    path = tmp_path / "f.gguf"
+    found = b"GGUF\x03" + bytes(11) + b"\x01" + bytes(7) + b"\x04" + bytes(7) + b"\x14" + bytes(7) + b"g"
+    for raw in (found, gguf_file([kv("general.architecture", STRING, "llama")], [], alignment=1)):
+        assert len(raw) % 32  # unpadded
+        path.write_bytes(raw)
+        header = check_gguf(path)
+        assert header.tensors == [] and header.parsed_bytes == header.data_start == len(raw)
+    path.write_bytes(gguf_file([kv("general.architecture", STRING, "llama")], [tensor_info("w", [8])], alignment=1))
+    with pytest.raises(ModelFileError, match="runs past the end of the file"):
+        check_gguf(path)
+
+
 def test_empty_string_array_regression(tmp_path: Path) -> None:
     """Found by the fuzzer: an empty token list crashed the pre-check with ValueError instead of a clear verdict.
     The verdict: an empty string array is well formed (it passes, as an empty array), and an id that would index
