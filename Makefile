@@ -27,7 +27,7 @@ WHEEL_KEY := $(shell uname -m)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | 
 WHEELS := $(or $(TOOLACE_HOME),$(HOME)/.cache/toolace)/wheels/$(WHEEL_KEY)
 LLAMA_WHEEL := $(WHEELS)/.built
 
-.PHONY: install install-cuda install-metal fixtures demo test test-vllm lint bench bench-serve llama-server stress clean
+.PHONY: install install-cuda install-metal fixtures demo test test-browser test-vllm lint bench bench-serve llama-server stress clean
 
 install: $(STAMP)
 
@@ -73,6 +73,15 @@ demo: install fixtures
 
 test: install fixtures
 	$(BIN)/python -m pytest -q
+
+# The page in a real browser: Debian's Chromium (never a browser Playwright downloads), Playwright for Python from
+# the dev extras; saves docs/page.png, the README's screenshot.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get install -y chromium || (apt-get update && apt-get install -y chromium)
+
+test-browser: install fixtures $(CHROMIUM)
+	$(BIN)/python -m pytest -q tests_browser
 
 lint: install
 	$(BIN)/ruff check .
