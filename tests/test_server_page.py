@@ -6,9 +6,13 @@ client that hangs up end the run and free the slot. The browser itself is driven
 
 from __future__ import annotations
 
+import json
 import re
+import signal
+import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.helpers.page_client import decide, drive, events, headers, page_token, started, wait_until_free
+from tests.helpers.procs import with_marker
 from tests.helpers.server import Server, healthy, served, start_server, stop_server
 from toolace.agent import MCPServers, ServerConfig
 from toolace.agent.functions import function_tool
@@ -256,3 +261,43 @@ def test_cli_refuses_tools_on_a_non_loopback_host() -> None:
     res = CliRunner().invoke(main, ["serve", "--model", "/nonexistent.gguf", "--host", "0.0.0.0", "--api-key", "k",
                                     "--mcp", "mcp.json"])
     assert res.exit_code == 2 and res.output.startswith("Error: refusing to run tools for clients on 0.0.0.0")
+
+
+def test_cli_serve_runs_tools_from_all_three_sources_and_closes_them(smollm2_gguf: Path, tmp_path: Path) -> None:
+    """`toolace serve --mcp --functions --tools` as a user starts it: the tools listed by source, a tools-file tool
+    answered from the page (its result typed in), and SIGTERM closes the MCP server with the process."""
+    marker = f"--marker=page-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "mcp.json").write_text(json.dumps({"mcpServers": {"weather": {"command": sys.executable,
+                                                                             "args": [MCP_SERVER, marker]}}}))
+    (tmp_path / "tools.py").write_text("def shout(text: str) -> str:\n    \"\"\"Say it loud.\"\"\"\n"
+                                       "    return text.upper()\n")
+    (tmp_path / "tools.json").write_text(json.dumps([{"type": "function", "function": {
+        "name": "weather_report", "description": "Today's weather report for a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]))
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "toolace"), "serve", "--model", str(smollm2_gguf),
+                             "--port", "0", "--n-ctx", "2048", "--mcp", str(tmp_path / "mcp.json"), "--functions",
+                             str(tmp_path / "tools.py"), "--tools", str(tmp_path / "tools.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        url = json.loads(proc.stdout.readline())["url"]
+        token = page_token(url)
+        assert len(with_marker(marker)) == 1  # the MCP server, started once
+        info = httpx.get(f"{url}/ui/api/info", headers=headers(token)).json()
+        assert [s["source"] for s in info["sources"]] == ["tools file tools.json", "Python file tools.py",
+                                                         "MCP server weather"]
+        with started(url, token, ask("weather_report", max_steps=1)) as r:
+            stream = events(r)
+            run_id = next(stream)[1]["id"]
+            waiting = next(d for k, d in stream if k == "approval")
+            assert waiting["ask"] is True and waiting["name"] == "weather_report"
+            assert decide(url, token, run_id, waiting["id"], "result", content="Rain all day").status_code == 200
+            result = next(d for k, d in stream if k == "result")
+            assert (result["content"], result["is_error"]) == ("Rain all day", False)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert with_marker(marker) == set()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
