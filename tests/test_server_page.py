@@ -155,7 +155,7 @@ def test_approved_call_runs_and_its_result_goes_back(page: tuple[Server, str]) -
 def test_denied_call_is_not_run_and_the_model_is_told(page: tuple[Server, str]) -> None:
     server, token = page
     CALLED.clear()
-    seen = drive(server.url, token, ask("get_weather"), decision="deny")
+    seen = drive(server.url, token, ask("get_weather", max_steps=1), decision="deny")
     results = [d for k, d in seen if k == "result"]
     assert results and all(r["content"] == DECLINED and r["is_error"] for r in results)
     assert not CALLED
@@ -165,7 +165,7 @@ def test_denied_call_is_not_run_and_the_model_is_told(page: tuple[Server, str]) 
 def test_allowed_tool_runs_without_asking(page: tuple[Server, str]) -> None:
     server, token = page
     CALLED.clear()
-    seen = drive(server.url, token, ask("get_weather", allowed_tools=["get_weather"]), decision="deny")
+    seen = drive(server.url, token, ask("get_weather", max_steps=1, allowed_tools=["get_weather"]), decision="deny")
     approvals = [d for k, d in seen if k == "approval"]
     assert approvals and all(a["auto"] == "allowed for this conversation" for a in approvals) and CALLED
 
