@@ -75,7 +75,7 @@ test: install fixtures
 	$(BIN)/python -m pytest -q
 
 # The page in a real browser: Debian's Chromium (never a browser Playwright downloads), Playwright for Python from
-# the dev extras; saves docs/page.png, the README's screenshot.
+# the dev extras; saves build/artifacts/page.png (TOOLACE_UPDATE_DOCS=1: also docs/page.png, the README's screenshot).
 CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get install -y chromium || (apt-get update && apt-get install -y chromium)

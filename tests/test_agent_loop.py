@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.helpers.procs import descendants, with_marker
+from tests.helpers.weather import CALLED, get_weather
 from toolace.agent import MCPServers, ServerConfig, run
 from toolace.agent.loop import DECLINED, TRUNCATED, _execute
 from toolace.agent.tools import as_tools
@@ -31,17 +32,6 @@ from toolace.cli import main
 SERVER = str(Path(__file__).parent / "helpers" / "mcp_server.py")
 QUESTION = "What's the weather like in Paris?"
 OPTIONS = {"max_tokens": 48}
-CALLED: list[str] = []
-
-
-def get_weather(city: str) -> str:
-    """Get the current weather in a city.
-
-    Args:
-        city: The city name, e.g. Paris.
-    """
-    CALLED.append(city)
-    return f"It is sunny and 22 degrees in {city}."
 
 
 def explode(city: str) -> str:

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from tests.helpers.page_client import decide, drive, events, headers, page_token, started, wait_until_free
 from tests.helpers.procs import with_marker
 from tests.helpers.server import Server, healthy, served, start_server, stop_server
+from tests.helpers.weather import CALLED, get_weather
 from toolace.agent import MCPServers, ServerConfig
 from toolace.agent.functions import function_tool
 from toolace.agent.loop import DECLINED
@@ -32,17 +33,6 @@ from toolace.cli import main
 MCP_SERVER = str(Path(__file__).parent / "helpers" / "mcp_server.py")
 ALLOWED_ORIGIN = "http://app.test:3000"
 QUESTION = [{"role": "user", "content": "What's the weather like in Paris?"}]
-CALLED: list[str] = []
-
-
-def get_weather(city: str) -> str:
-    """Get the current weather in a city.
-
-    Args:
-        city: The city name, e.g. Paris.
-    """
-    CALLED.append(city)
-    return f"It is sunny and 22 degrees in {city}."
 
 
 def sleepy(city: str) -> str:

@@ -3,11 +3,13 @@ model, a real stdio MCP server and a Python function: ask, see the call card, ap
 the run; deny and see the model told; reload and see the conversation; Stop mid-generation and /slots shows the slot
 free; close the tab at an approval and the run is cancelled; export and clear. Every request the browser makes goes
 to the server's origin. The tests run in file order on one page (each builds on the conversation before it); the
-screenshot the README shows is saved on the way (docs/page.png)."""
+screenshot the README shows is saved on the way (build/artifacts/page.png; docs/page.png with
+TOOLACE_UPDATE_DOCS=1)."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -20,24 +22,17 @@ from playwright.sync_api import expect
 
 from tests.helpers.page_client import wait_until_free
 from tests.helpers.server import Server, served
+from tests.helpers.weather import CALLED, get_weather
 from toolace.agent import MCPServers, ServerConfig
 from toolace.agent.functions import function_tool
 
 REPO = Path(__file__).resolve().parent.parent
 MCP_SERVER = str(REPO / "tests" / "helpers" / "mcp_server.py")
-SCREENSHOT = REPO / "docs" / "page.png"
+# Every run saves its screenshot as a test artefact (build/ is ignored by git); TOOLACE_UPDATE_DOCS=1 also
+# replaces the README's picture, so a CI run leaves the checkout as it found it.
+ARTEFACT = REPO / "build" / "artifacts" / "page.png"
+README_PICTURE = REPO / "docs" / "page.png"
 WAIT_MS = 180_000  # the demo model on two busy cores: generous, never asserted on
-CALLED: list[str] = []
-
-
-def get_weather(city: str) -> str:
-    """Get the current weather in a city.
-
-    Args:
-        city: The city name, e.g. Paris.
-    """
-    CALLED.append(city)
-    return f"It is sunny and 22 degrees in {city}."
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +120,10 @@ def test_deny_and_the_model_is_told(page: Any) -> None:
     ask(page, "And in Tokyo?")
     card = page.locator(".card").nth(cards)
     card.get_by_role("button", name="Deny").wait_for()
-    page.screenshot(path=str(SCREENSHOT))  # the README's picture: a conversation with a call waiting for approval
+    ARTEFACT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTEFACT))  # the README's picture: a conversation with a call waiting for approval
+    if os.environ.get("TOOLACE_UPDATE_DOCS"):
+        README_PICTURE.write_bytes(ARTEFACT.read_bytes())
     card.get_by_role("button", name="Deny").click()
     card.locator(".result").get_by_text("the user declined this call").wait_for()
     assert card.locator(".state").inner_text() == "denied"
