@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tests.helpers.procs import descendants, with_marker
+from tests.helpers.procs import descendants, interruptible, with_marker
 from tests.helpers.weather import CALLED, get_weather
 from toolace.agent import MCPServers, ServerConfig, run
 from toolace.agent.loop import DECLINED, TRUNCATED, _execute
@@ -281,7 +281,7 @@ def test_interrupted_cli_leaves_no_server_behind(smollm2_gguf: Path, tmp_path: P
     cmd = [str(Path(sys.executable).parent / "toolace"), "run", QUESTION, "--mcp", str(mcp_config(tmp_path, marker)),
            "--tool-choice", "get-weather", *cli_args(smollm2_gguf)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=Path(__file__).parent.parent)
+                            cwd=Path(__file__).parent.parent, preexec_fn=interruptible)
     try:
         wait_for(proc.stderr, "run it?")
         assert len(with_marker(marker)) == 1  # the server is up while the prompt waits

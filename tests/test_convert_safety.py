@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.helpers.procs import interruptible
 from toolace.cli_models import pull_cmd
 from toolace.convert import store
 from toolace.convert.hub import check_repo_id
@@ -32,7 +33,7 @@ def _temps(folder: Path, name: str) -> list[Path]:
 def _start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=interruptible)
 
 
 def _wait_for(proc: subprocess.Popen, folder: Path, name: str, min_bytes: int,

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from tests.helpers.fake_hub import CHUNK, COMMIT, FakeHub, sha256_hex
 from tests.helpers.gguf_repos import BIG, TINY, TINY_FILES, resolve_gets
+from tests.helpers.procs import interruptible
 from toolace import models, probes
 from toolace.cli import main
 from toolace.cli_models import human_bytes
@@ -115,7 +116,8 @@ main()
 def test_sigint_mid_download_leaves_a_resumable_partial(hub_home: Path, hub: FakeHub) -> None:
     hub.stall_after = {Q4: 3 * CHUNK + 100}
     proc = subprocess.Popen([sys.executable, "-c", PULL, str(CHUNK), "pull", TINY], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, TOOLACE_HOME=str(hub_home)))
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, TOOLACE_HOME=str(hub_home)),
+                            preexec_fn=interruptible)
     try:
         assert hub.stalled.wait(120)
         parts = hub_home / "models" / ".pulls" / "team-ace--tiny-gguf--q4_k_m"

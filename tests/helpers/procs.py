@@ -4,7 +4,15 @@ Tests use it to prove that no MCP server outlives the code that started it."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
+
+
+def interruptible() -> None:
+    """A `preexec_fn`: SIGINT back to its default in the child. A shell that starts a job in the background (a CI
+    runner's `cmd &`) has it ignore SIGINT, and Python then never raises KeyboardInterrupt, so a test that sends
+    Ctrl-C would see it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _table() -> dict[int, tuple[int, str]]:
