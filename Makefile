@@ -27,7 +27,7 @@ WHEEL_KEY := $(shell uname -m)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | 
 WHEELS := $(or $(TOOLACE_HOME),$(HOME)/.cache/toolace)/wheels/$(WHEEL_KEY)
 LLAMA_WHEEL := $(WHEELS)/.built
 
-.PHONY: install install-cuda install-metal fixtures demo test test-browser test-vllm lint bench bench-serve llama-server stress clean
+.PHONY: install install-cuda install-metal fixtures demo test test-slow test-browser test-vllm lint bench bench-serve llama-server stress clean
 
 install: $(STAMP)
 
@@ -72,7 +72,12 @@ demo: install fixtures
 	$(BIN)/toolace call "What's the weather like in Paris in celsius?" --tools examples/weather.json --model demo --tool-choice required
 
 test: install fixtures
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The long real-model suites (the page's server, imatrix, validity sampling, the short soak, adversarial sampling):
+# kept out of make test's 15 minutes on 2 cores, called by .ci/run.
+test-slow: install fixtures
+	$(BIN)/python -m pytest -q -m slow
 
 # The page in a real browser: Debian's Chromium (never a browser Playwright downloads), Playwright for Python from
 # the dev extras; saves build/artifacts/page.png (TOOLACE_UPDATE_DOCS=1: also docs/page.png, the README's screenshot).

@@ -65,3 +65,9 @@ def tiny_llama_gguf(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Pa
 # the fake Hugging Face hub on 127.0.0.1 (`hub`) and a model store fed from it (`hub_home`), shared by the download,
 # pull and store tests.
 pytest_plugins = ["tests.helpers.server", "tests.helpers.fake_hub", "tests.helpers.gguf_repos"]
+
+
+# `make test` runs `-m "not slow"` to stay within its 15-minute budget on 2 cores; `make test-slow` (called by
+# .ci/run) runs the long real-model suites marked so.
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: a long real-model suite, run by `make test-slow`, not `make test`")

@@ -11,10 +11,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from toolace.api import ToolACE
 from toolace.errors import InputError
 from toolace.eval.bfcl import load_questions
 from toolace.grammars.check import check_text
+
+pytestmark = pytest.mark.slow  # the random-weight sampler (~30 s; make stress runs 10,000): `make test-slow`
 
 STRESS = bool(os.environ.get("TOOLACE_STRESS"))
 SAMPLES = 10_000 if STRESS else 60

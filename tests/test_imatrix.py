@@ -19,6 +19,8 @@ from toolace.convert.quantize import quantize, read_imatrix
 from toolace.errors import InputError
 from toolace.eval.imatrix import TOOL_RESULT, calibration_set, check_limit, transcript_messages
 
+pytestmark = pytest.mark.slow  # two calibrations, two IQ2_XS quantizations (~1.5 min): `make test-slow`
+
 # Pins the two vocabulary-sized tensors to a cheap type: the quantizer's work, and the test's time, go to the
 # layers the imatrix is for.
 PINS = {"output_tensor_type": "Q8_0", "token_embedding_type": "Q8_0"}

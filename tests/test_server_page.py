@@ -30,6 +30,8 @@ from toolace.agent.functions import function_tool
 from toolace.agent.loop import DECLINED
 from toolace.cli import main
 
+pytestmark = pytest.mark.slow  # whole agent loops on the demo model (~2.5 min): `make test-slow`
+
 MCP_SERVER = str(Path(__file__).parent / "helpers" / "mcp_server.py")
 ALLOWED_ORIGIN = "http://app.test:3000"
 QUESTION = [{"role": "user", "content": "What's the weather like in Paris?"}]

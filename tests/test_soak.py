@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from toolace.cli import main
 from toolace.eval.bench_soak import SCENARIOS, bench_soak
+
+pytestmark = pytest.mark.slow  # a 30-second soak of a real server (~40 s): `make test-slow`
 
 
 def test_short_soak(smollm2_gguf: Path, tmp_path: Path) -> None:

@@ -9,8 +9,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from toolace.api import ToolACE
 from toolace.eval.bfcl import load_questions
+
+pytestmark = pytest.mark.slow  # every call mode sampled on the demo model (~55 s): `make test-slow`
 
 SAMPLE = 24 if not os.environ.get("TOOLACE_STRESS") else 10**6
 SLOTS = 4
