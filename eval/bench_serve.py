@@ -48,7 +48,7 @@ GUARD_LEVELS = (1, 4)  # clients at which the guard's cost is measured
 # order, GUARD_BURSTS times per level after WARMUP_REQUESTS unmeasured ones; a drift slows both alike.
 GUARD_BURSTS = 12
 WARMUP_REQUESTS = 2
-TARGET_GUARD_SLOWDOWN = 0.05  # the guard may make vLLM at most 5% slower in tok/s (issue #27)
+TARGET_GUARD_SLOWDOWN = 0.05  # the guard may make vLLM at most 5% slower (issue #27)
 START_SECONDS = 300  # a server must answer /v1/models (or /health) within this
 REQUEST_SECONDS = 600  # one request, queueing included
 
@@ -229,24 +229,29 @@ def _llama_server_column(binary: str, gguf: Path, n_ctx: int, threads: int, jobs
     return out
 
 
-def _vllm_column(url: str | None, export: str | None, extra: str, jobs: list[Job], max_tokens: int,
-                 logs: Path, guard: bool = True, levels: tuple[int, ...] = LEVELS,
-                 per_client: int = REQUESTS_PER_CLIENT) -> list[dict[str, Any]]:
-    """vLLM at `url`, or started from a `toolace export vllm` folder (its serve.sh) for this column only;
-    `guard=False` starts it without the budget guard (TOOLACE_VLLM_GUARD=off), to measure what the guard costs."""
-    if url is None:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}/v1"
-        cmd = [str(Path(export or "") / "serve.sh"), "--host", "127.0.0.1", "--port", str(port), *extra.split()]
-        env = {"TOOLACE_VLLM_GUARD": "on" if guard else "off"}
-        log = logs / f"vllm{'' if guard else '-unguarded'}-{per_client}.log"
-        with server_process(cmd, f"{url}/models", log, env):
-            return _vllm_column(url, None, extra, jobs, max_tokens, logs, guard, levels, per_client)
+def _vllm_serve(export: str, port: int, extra: str) -> list[str]:
+    """The command that starts a `toolace export vllm` folder's server on 127.0.0.1:`port`."""
+    return [str(Path(export) / "serve.sh"), "--host", "127.0.0.1", "--port", str(port), *extra.split()]
+
+
+def _vllm_model(url: str, jobs: list[Job], max_tokens: int) -> str:
+    """The served model's id, after WARMUP_REQUESTS unmeasured requests (vLLM's first ones are slower)."""
     model = httpx.get(f"{url}/models", timeout=30).json()["data"][0]["id"]
     for job in jobs[:WARMUP_REQUESTS]:
         _chat_request(url, model, job, max_tokens)
-    return [_level(lambda j: _chat_request(url, model, j, max_tokens), jobs, clients, per_client)
-            for clients in levels]
+    return model
+
+
+def _vllm_column(url: str | None, export: str | None, extra: str, jobs: list[Job], max_tokens: int,
+                 logs: Path) -> list[dict[str, Any]]:
+    """vLLM at `url`, or started from a `toolace export vllm` folder (its serve.sh) for this column only."""
+    if url is None:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/v1"
+        with server_process(_vllm_serve(export or "", port, extra), f"{url}/models", logs / "vllm.log"):
+            return _vllm_column(url, None, extra, jobs, max_tokens, logs)
+    model = _vllm_model(url, jobs, max_tokens)
+    return [_level(lambda j: _chat_request(url, model, j, max_tokens), jobs, clients) for clients in LEVELS]
 
 
 def _guard_pair(export: str, extra: str, jobs: list[Job], max_tokens: int,
@@ -257,13 +262,10 @@ def _guard_pair(export: str, extra: str, jobs: list[Job], max_tokens: int,
         for name, guard in ((VLLM_GUARDED_COLUMN, True), (VLLM_UNGUARDED_COLUMN, False)):
             port = free_port()
             urls[name] = f"http://127.0.0.1:{port}/v1"
-            cmd = [str(Path(export) / "serve.sh"), "--host", "127.0.0.1", "--port", str(port), *extra.split()]
-            stack.enter_context(server_process(cmd, f"{urls[name]}/models", logs / f"vllm-pair-{int(guard)}.log",
+            stack.enter_context(server_process(_vllm_serve(export, port, extra), f"{urls[name]}/models",
+                                               logs / f"vllm-pair-{int(guard)}.log",
                                                {"TOOLACE_VLLM_GUARD": "on" if guard else "off"}))
-        models = {name: httpx.get(f"{url}/models", timeout=30).json()["data"][0]["id"] for name, url in urls.items()}
-        for name, url in urls.items():
-            for job in jobs[:WARMUP_REQUESTS]:
-                _chat_request(url, models[name], job, max_tokens)
+        models = {name: _vllm_model(url, jobs, max_tokens) for name, url in urls.items()}
         out: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
         for clients in GUARD_LEVELS:
             bursts: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
