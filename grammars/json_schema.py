@@ -30,7 +30,7 @@ from toolace.limits import (
 
 from .gbnf import BASE_RULES, Grammar
 from .numbers import int_range
-from .schema import TUPLE_MARK, Tool, _depth, _normalise_schema
+from .schema import TUPLE_MARK, Tool, _normalise_schema, json_depth
 from .toolset import ToolSet, build_toolset
 from .values import PostCheck, ValueCompiler
 
@@ -165,7 +165,7 @@ def compile_response_format(schema: Any = None, name: str = "response") -> Respo
 
 def _compile(schema: Any, name: str, key: str) -> ResponseFormat:
     where = f"response_format {name!r}"
-    if _depth(schema) > MAX_SCHEMA_DEPTH * 2 + 2:
+    if json_depth(schema, MAX_SCHEMA_DEPTH * 2 + 2) > MAX_SCHEMA_DEPTH * 2 + 2:
         raise SchemaError(f"{where}: schema nesting is deeper than {MAX_SCHEMA_DEPTH} levels")
     try:
         norm = _normalise_schema(schema, "")

@@ -78,13 +78,14 @@ def check_name(name: Any, what: str) -> str:
     return name
 
 
-def _depth(schema: Any) -> int:
-    """Nesting depth of a JSON value, iteratively (a 1000-deep schema must not hit Python's recursion limit)."""
-    deepest, stack = 0, [(schema, 1)]
+def json_depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON value (the value itself is level 1), iteratively (a 1000-deep value must not hit
+    Python's recursion limit); the walk stops at the first level past `limit`, which the caller refuses."""
+    deepest, stack = 0, [(value, 1)]
     while stack:
         node, d = stack.pop()
         deepest = max(deepest, d)
-        if d > MAX_SCHEMA_DEPTH * 2 + 2:  # dict+key levels; stop walking early, the caller refuses
+        if d > limit:
             return d
         children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
         stack.extend((c, d + 1) for c in children if isinstance(c, (dict, list)))
@@ -165,7 +166,7 @@ def normalise_tool(entry: Any, index: int = 0) -> Tool:
 
 def _normalise_function(fn: dict[str, Any], name: str) -> Tool:
     where = f"tool {name!r}"
-    if _depth(fn) > MAX_SCHEMA_DEPTH * 2 + 2:
+    if json_depth(fn, MAX_SCHEMA_DEPTH * 2 + 2) > MAX_SCHEMA_DEPTH * 2 + 2:  # dict+key levels
         raise SchemaError(f"{where}: schema nesting is deeper than {MAX_SCHEMA_DEPTH} levels")
     description = fn.get("description", "")
     if not isinstance(description, str):

@@ -16,6 +16,7 @@ from toolace.errors import InputError
 from toolace.limits import MAX_LITERAL_DEPTH, MAX_REMEMBERED_CALLS
 
 from ..grammars.gbnf import render_calls
+from ..grammars.schema import json_depth
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "ipython")  # developer: OpenAI's new name for system
 
@@ -47,17 +48,6 @@ class CallMemory:
         return raws.pop() if len(raws) == 1 and None not in raws else None
 
 
-def _depth(value: Any) -> int:
-    """Nesting of lists and objects in a JSON value, without recursion."""
-    deepest, todo = 0, [(value, 1)]
-    while todo:
-        v, d = todo.pop()
-        if isinstance(v, (list, dict)):
-            deepest = max(deepest, d)
-            todo += [(x, d + 1) for x in (v.values() if isinstance(v, dict) else v)]
-    return deepest
-
-
 def _tool_calls(msg: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for tc in msg.get("tool_calls") or []:
@@ -74,7 +64,7 @@ def _tool_calls(msg: dict[str, Any]) -> list[dict[str, Any]]:
                 raise InputError(f"tool call {fn['name']!r}: arguments are not JSON ({e})") from None
         if not isinstance(args, dict):
             raise InputError(f"tool call {fn['name']!r}: arguments must be an object")
-        if _depth(args) - 1 > MAX_LITERAL_DEPTH:  # values the call parser would refuse to read back
+        if json_depth(args, MAX_LITERAL_DEPTH + 1) - 1 > MAX_LITERAL_DEPTH:  # values the parser would not read
             raise InputError(f"tool call {fn['name']!r}: arguments nest deeper than {MAX_LITERAL_DEPTH} levels")
         out.append({"name": fn["name"], "arguments": args})
     return out
