@@ -79,9 +79,10 @@ class GGUFHeader:
 
 
 class _Cursor:
-    def __init__(self, buf: Any, size: int, name: str) -> None:
+    def __init__(self, buf: Any, size: int, name: str, limit: int = GGUF_CHECK_READ_BYTES) -> None:
         self.buf, self.size, self.name, self.pos = buf, size, name, 0
-        self.limit = min(size, GGUF_CHECK_READ_BYTES)
+        self.read_limit = limit
+        self.limit = min(size, limit)
 
     def fail(self, what: str) -> ModelFileError:
         return ModelFileError(f"{self.name}: {what}")
@@ -94,7 +95,7 @@ class _Cursor:
             if self.pos + n > self.size:
                 raise self.fail(f"truncated: {what} needs {n} bytes at offset {self.pos}, the file has "
                                 f"{self.size - self.pos} left")
-            raise self.fail(f"header is larger than the {GGUF_CHECK_READ_BYTES}-byte limit")
+            raise self.fail(f"header is larger than the {self.read_limit}-byte limit")
 
     def fixed(self, fmt: str, what: str) -> Any:
         n = struct.calcsize(fmt)
@@ -193,8 +194,16 @@ def check_gguf(path: str | os.PathLike[str]) -> GGUFHeader:
         raise ModelFileError(f"{p.name}: cannot read: {e.strerror}") from None
 
 
-def _parse(buf: Any, size: int, p: Path) -> GGUFHeader:
-    cur = _Cursor(buf, size, p.name)
+def check_gguf_prefix(buf: bytes, size: int, name: str) -> GGUFHeader:
+    """Check the header of a `size`-byte GGUF file from its first bytes `buf` alone (a hub file's header read with
+    one Range request, before deciding to download it); the tensors' data is checked against `size`."""
+    if size < 24 or len(buf) < 24:
+        raise ModelFileError(f"{name}: truncated: shorter than a GGUF header (24 bytes)")
+    return _parse(buf, size, Path(name), limit=min(len(buf), GGUF_CHECK_READ_BYTES))
+
+
+def _parse(buf: Any, size: int, p: Path, limit: int = GGUF_CHECK_READ_BYTES) -> GGUFHeader:
+    cur = _Cursor(buf, size, p.name, limit)
     magic = bytes(buf[0:4])
     if magic != GGUF_MAGIC:
         raise cur.fail(f"not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")

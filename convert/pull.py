@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from toolace.errors import DownloadError, InputError
+from toolace.limits import DEFAULT_N_CTX
 from toolace.paths import sha256_file
 
+from ..runtime.kv_types import DEFAULT_KV_TYPE
 from . import store
 from .convert import convert
 from .gguf_check import check_gguf
-from .gguf_files import DEFAULT_QUANT, quant_tag
+from .gguf_files import DEFAULT_QUANT, DEFAULT_QUANT_WHY, quant_tag
 from .hub import _truthy, check_repo_id, hub_cache_dir
+from .pick_quant import parse_size, pick_by_ram
 from .pull_gguf import Listing, ProgressCallback, choose, listing, pull_gguf
 from .quantize import quant_type
 from .template_info import template_info
@@ -87,15 +91,30 @@ def _convert_path(repo_id: str, quant: str, name: str, revision: str | None, com
 
 def pull(ref: str, quant: str | None = None, name: str | None = None, revision: str | None = None,
          progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
-         quiet: bool = False) -> Path:
+         quiet: bool = False, max_ram: str | int | None = None, n_ctx: int = DEFAULT_N_CTX,
+         kv_type: str = DEFAULT_KV_TYPE, note: Callable[[str], None] | None = None) -> Path:
     """Pull `ref` (`REPO`, `REPO:QUANT`, `hf.co/REPO:QUANT`) into the store as `name` (default: the repo's name part,
     lower-cased); returns the GGUF path. `quant`: the tag when `ref` has none (default Q4_K_M, case-insensitive).
-    `progress` is called with a PullProgress after every chunk; setting `cancel` stops the download (DownloadCancelled),
-    keeping the partial file for the next pull to resume. `quiet`: no progress bar on a terminal."""
+    `max_ram` (bytes, or a size such as "8GB") instead of a quant: the least lossy of the repo's GGUF quants whose
+    memory estimate at `n_ctx` tokens and `kv_type` fits (convert/pick_quant.py). `note` receives one line saying
+    which quant was chosen and why. `progress` is called with a PullProgress after every chunk; setting `cancel`
+    stops the download (DownloadCancelled), keeping the partial file for the next pull to resume. `quiet`: no
+    progress bar on a terminal."""
     repo_id, tag = parse_ref(ref, quant)
+    ram = parse_size(max_ram) if max_ram is not None else None
+    if ram is not None and tag:
+        raise InputError(f"{ref!r}: give a quant ({tag.upper()}) or --max-ram, not both")
     name = store.check_name(name if name is not None else default_name(repo_id))
     want = (tag or DEFAULT_QUANT).upper()
+    tell = note or (lambda _line: None)
     found = _listing_or_none(repo_id, revision)
+    if ram is not None and (found is None or not any(quant_tag(f) for f in found.files)):
+        raise InputError(f"{repo_id}: --max-ram chooses among a repo's ready GGUF quants, and "
+                         f"{'the hub cannot be reached' if found is None else 'this repo has none'}; "
+                         f"name a quant instead ({repo_id}:{DEFAULT_QUANT})")
+    if not tag and ram is None:
+        tell(f"{want}: the default quant ({DEFAULT_QUANT_WHY}); name another with {repo_id}:QUANT, or let "
+             "--max-ram SIZE pick the best that fits")
     if found is None:
         held = store.entry(name)
         if held and held.get("kind") == "gguf" and str(held.get("source", "")).lower() == repo_id.lower() \
@@ -103,9 +122,16 @@ def pull(ref: str, quant: str | None = None, name: str | None = None, revision: 
             return Path(held["path"])  # offline, and already pulled: nothing to do
         return _convert_path(repo_id, want, name, revision, None)
     if any(quant_tag(f) for f in found.files):
-        choice = choose(found, want)
+        endpoint = os.environ.get("HF_ENDPOINT") or None
+        if ram is not None:
+            pick = pick_by_ram(repo_id, found.commit, {n: f.size for n, f in found.files.items()}, ram, n_ctx,
+                               kv_type, endpoint)
+            tell(pick.why)
+            choice = pick.choice
+        else:
+            choice = choose(found, want)
         store.claim(name, repo_id, choice.quant)
-        return pull_gguf(found, choice, name, os.environ.get("HF_ENDPOINT") or None, progress, cancel, quiet)
+        return pull_gguf(found, choice, name, endpoint, progress, cancel, quiet)
     if not any(f.endswith(".safetensors") for f in found.files):
         raise DownloadError(f"{repo_id}: neither GGUF nor safetensors files in the repo; nothing toolace can run")
     return _convert_path(repo_id, want, name, revision, found.commit)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,32 +23,17 @@ from toolace.errors import InputError, ToolaceError
 from toolace.limits import CONVERT_MEMORY_HEADROOM_BYTES
 from toolace.paths import atomic_output
 
+from .child import measured
+
 MB = 2**20
 COPY_CHUNK_BYTES = 8 * MB  # copy/read chunk: large enough that syscalls don't show in the copy baseline
 
-# A measured step: toolace.convert.<argv[1]>.<argv[2]>(*argv[3:]) (no function: imports only), then its own figures.
-_CHILD = """
-import importlib, json, resource, sys, time
-module = importlib.import_module("toolace.convert." + sys.argv[1])
-fn = getattr(module, sys.argv[2]) if sys.argv[2] else (lambda: None)
-start = time.perf_counter()
-fn(*sys.argv[3:])
-seconds = time.perf_counter() - start
-try:  # Linux: this image's own high-water mark (ru_maxrss would include the parent's, inherited across exec)
-    peak = next(int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith("VmHWM:"))
-except (OSError, StopIteration):
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-print(json.dumps({"seconds": seconds, "peak_rss_bytes": peak}))
-"""
-
-
-def _child(module: str, fn: str, *args: str) -> dict[str, float]:
-    """Run toolace.convert.<module>.<fn>(*args) in a fresh interpreter; its time and its own peak RSS."""
-    proc = subprocess.run([sys.executable, "-c", _CHILD, module, fn, *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ToolaceError(f"bench convert: {module}.{fn or 'import'} failed: {last}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def _child(module: str, fn: str, *args: str) -> dict[str, Any]:
+    """toolace.convert.<module>.<fn>(*args) in a fresh interpreter: its time and its own peak RSS."""
+    try:
+        return measured(f"convert.{module}", fn, *args)
+    except ToolaceError as e:
+        raise ToolaceError(f"bench convert: {e}") from None
 
 
 def _copy_synced(files: list[Path], dest: Path) -> float:

@@ -1,5 +1,5 @@
-"""Click commands for evaluation and benchmarks: `eval` and `bench` (with `bench convert`). Thin: flags pass
-straight to the library functions of the same names; toolace/cli.py registers them."""
+"""Click commands for evaluation and benchmarks: `eval` and `bench` (with `bench convert`, `serve`, `soak`,
+`quants`). Thin: flags pass straight to the library functions of the same names; toolace/cli.py registers them."""
 
 from __future__ import annotations
 
@@ -8,9 +8,17 @@ from typing import Any
 import click
 
 from toolace.edge import edge
-from toolace.limits import DEFAULT_N_CTX
+from toolace.limits import DEFAULT_N_CTX, IMATRIX_DEFAULT_LIMIT
 
-from .defaults import DATA_ENV, DEFAULT_CATEGORIES, EVAL_MAX_TOKENS, TOOL_CHOICE_MODES
+from .defaults import (
+    DATA_ENV,
+    DEFAULT_CATEGORIES,
+    EVAL_MAX_TOKENS,
+    QUANTS_DEFAULT_HELD_ASIDE,
+    QUANTS_DEFAULT_QUESTIONS,
+    QUANTS_DEFAULT_TYPES,
+    TOOL_CHOICE_MODES,
+)
 
 
 def _pct(x: float | None) -> str:
@@ -136,6 +144,33 @@ def bench_serve_cmd(model: str, data: str | None, n_ctx: int, max_tokens: int, l
                                    llama_server=llama_server, vllm_url=vllm_url, vllm_export=vllm_export,
                                    vllm_args=vllm_args, json_out=json_out, logs=logs, plot=plot,
                                    vllm_only=vllm_only)))
+
+
+@bench.command("quants")
+@click.argument("src")
+@click.option("--types", default=",".join(QUANTS_DEFAULT_TYPES), show_default=True,
+              help="Comma-separated llama.cpp types; TYPE+fc / TYPE+generic quantize with that importance matrix.")
+@click.option("--data", default=None, type=click.Path(file_okay=False), help="BFCL data folder.")
+@click.option("--limit", type=int, default=QUANTS_DEFAULT_QUESTIONS, show_default=True,
+              help="BFCL questions per category for the call columns (from the files' ends).")
+@click.option("--held-aside", type=int, default=QUANTS_DEFAULT_HELD_ASIDE, show_default=True,
+              help="Call transcripts for KL and top-1 (from the files' ends, disjoint from calibration).")
+@click.option("--calibration", type=int, default=IMATRIX_DEFAULT_LIMIT, show_default=True,
+              help="Transcripts for the function-calling imatrix (from the files' starts).")
+@click.option("--max-tokens", type=int, default=EVAL_MAX_TOKENS, show_default=True, help="Per BFCL question.")
+@click.option("--generic-text", default=None, type=click.Path(dir_okay=False),
+              help="Text file for the +generic imatrix (default: the Python standard library's docstrings).")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Write the report here.")
+@click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Write a size-vs-KL PNG here.")
+@click.option("--workdir", default=None, type=click.Path(file_okay=False),
+              help="Where the reference and the quants are made (default: the system's temp folder).")
+@edge
+def bench_quants_cmd(**kwargs: Any) -> None:
+    """Per-quant evidence from one unquantized SRC (checkpoint folder or float GGUF): size, KL and top-1 against
+    the reference on held-aside call transcripts, call agreement, flips, validity, tokens/s, peak RSS."""
+    from toolace.eval.bench_quants import bench_quants, summary
+
+    click.echo(summary(bench_quants(**kwargs)))
 
 
 @bench.command("soak")

@@ -9,48 +9,48 @@ on a laptop without changing any score (latency for those rows is then the time 
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-
 from toolace.api import ToolACE
 from toolace.errors import InputError
-from toolace.grammars.gbnf import render_calls
 from toolace.limits import MAX_MAX_TOKENS
 from toolace.paths import atomic_output
 
+from . import quant_quality as quality
 from .ast_checker import check
 from .bfcl import Question, category_names, default_data_dir, ground_truth_calls, is_irrelevance, load_questions
 from .defaults import DEFAULT_CATEGORIES, EVAL_MAX_TOKENS, TOOL_CHOICE_MODES
 
-__all__ = ["DEFAULT_CATEGORIES", "EVAL_MAX_TOKENS", "TOOL_CHOICE_MODES", "compare", "evaluate"]
+__all__ = ["DEFAULT_CATEGORIES", "EVAL_MAX_TOKENS", "TOOL_CHOICE_MODES", "call_transcripts", "check_max_tokens",
+           "choice_for", "compare", "evaluate", "run_question", "select_questions", "summarize"]
 
 COMPARE_TRANSCRIPTS = 20  # token-level comparison: enough positions (~800) for a stable KL mean, seconds on a laptop
 RAW_CHARS_KEPT = 400  # model output kept per question in the JSON report
 
 
-def _questions(data: str | None, categories: str, limit: int | None) -> list[Question]:
+def select_questions(data: str | None, categories: str, limit: int | None,
+                     from_end: bool = False) -> list[Question]:
+    """The first `limit` questions of each category (all without a limit; `from_end`: the last `limit`)."""
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1, got {limit}")
     out: list[Question] = []
     for cat in category_names(data, categories):
         qs = [q for q in load_questions(data, (cat,))]
-        out += qs[:limit] if limit else qs
+        out += (qs[-limit:] if from_end else qs[:limit]) if limit else qs
     return out
 
 
-def _choice(q: Question, mode: str) -> str:
+def choice_for(q: Question, mode: str) -> str:
     if mode not in TOOL_CHOICE_MODES:
         raise InputError(f"tool choice mode must be one of {', '.join(TOOL_CHOICE_MODES)}, got {mode!r}")
     return "auto" if mode == "auto" or is_irrelevance(q.category) else "required"
 
 
-def _run(ta: ToolACE, q: Question, tool_choice: str, max_tokens: int, full_text: bool) -> dict[str, Any]:
+def run_question(ta: ToolACE, q: Question, tool_choice: str, max_tokens: int, full_text: bool) -> dict[str, Any]:
     """One question through the model: calls (or text), validity, finish reason, latency, AST-checker verdict."""
     start = time.perf_counter()
     toolset = ta.toolset(q.functions, tool_choice)
@@ -85,7 +85,7 @@ def _generate(ta: ToolACE, q: Question, toolset: Any, tool_choice: str, max_toke
             "completion_tokens": result.stats.completion_tokens}
 
 
-def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-category numbers. Validity counts outputs that are call lists which parse and validate, over the outputs
     that had to be calls (required mode) or chose to be (auto); outputs cut by max_tokens are counted apart."""
     n = len(rows)
@@ -117,7 +117,7 @@ def _write_json(report: dict[str, Any], json_out: str | None) -> None:
             tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
 
 
-def _check_max_tokens(max_tokens: int) -> None:
+def check_max_tokens(max_tokens: int) -> None:
     if not 1 <= max_tokens <= MAX_MAX_TOKENS:
         raise InputError(f"--max-tokens must be between 1 and {MAX_MAX_TOKENS}, got {max_tokens}")
 
@@ -128,18 +128,18 @@ def evaluate(model: str = "demo", data: str | None = None, categories: str = DEF
              parallel: int = 1) -> dict[str, Any]:
     """Run BFCL questions through `model`, score them with the AST checker, and report per category.
     `limit` is per category (the first N questions of each). `parallel`: questions decoded together in slots."""
-    _check_max_tokens(max_tokens)
+    check_max_tokens(max_tokens)
     data = data if data is not None else default_data_dir()
-    questions = _questions(data, categories, limit)
+    questions = select_questions(data, categories, limit)
     for q in questions:
-        _choice(q, tool_choice)
+        choice_for(q, tool_choice)
     # Every question has its own tool set: persisting each tool prompt's KV to disk would only cost writes.
     ta = ToolACE.load(model, kv_cache=False, parallel=parallel)
     with ThreadPoolExecutor(parallel) as pool:  # one thread per slot; map keeps the questions' order
-        rows = list(_progress(pool.map(lambda q: _run(ta, q, _choice(q, tool_choice), max_tokens, full_text),
+        rows = list(_progress(pool.map(lambda q: run_question(ta, q, choice_for(q, tool_choice), max_tokens, full_text),
                                        questions), "eval", progress, len(questions)))
     cats = list(dict.fromkeys(r["category"] for r in rows))
-    per_cat = {c: _summary([r for r in rows if r["category"] == c]) for c in cats}
+    per_cat = {c: summarize([r for r in rows if r["category"] == c]) for c in cats}
     accs = [s["accuracy"] for s in per_cat.values() if s["accuracy"] is not None]
     report = {"model": str(model), "model_file": str(ta.model.path), "data": str(data), "limit_per_category": limit,
               "parallel": parallel,
@@ -148,33 +148,19 @@ def evaluate(model: str = "demo", data: str | None = None, categories: str = DEF
               "required in call categories, auto in irrelevance",
               "max_tokens": max_tokens, "text_answers": "full" if full_text else "stopped at first character",
               "engine": ta.engine, "categories": per_cat,
-              "overall": {**_summary(rows), "category_mean_accuracy": statistics.fmean(accs) if accs else None},
+              "overall": {**summarize(rows), "category_mean_accuracy": statistics.fmean(accs) if accs else None},
               "questions": rows}
     _write_json(report, json_out)
     return report
 
 
 # --- comparing two quantizations ----------------------------------------------------------------------------------
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x -= x.max()
-    return x - math.log(float(np.exp(x).sum()))
-
-
-def _next_token_logprobs(model: Any, prompt: list[int], transcript: list[int]) -> list[np.ndarray]:
-    """Log-probabilities of the next token before each transcript token (prompt, then teacher forcing)."""
-    model.prefill(prompt)
-    out = [_log_softmax(model.logits())]
-    for tok in transcript[:-1]:
-        model.eval([tok])
-        out.append(_log_softmax(model.logits()))
-    return out
-
-
-def call_transcripts(questions: list[Question], count: int) -> list[tuple[Question, list[dict[str, Any]]]]:
-    """Up to `count` questions with a concrete ground truth, round-robin over categories so each is represented."""
+def call_transcripts(questions: list[Question], count: int,
+                     from_end: bool = False) -> list[tuple[Question, list[dict[str, Any]]]]:
+    """Up to `count` questions with a concrete ground truth, round-robin over categories so each is represented,
+    from the start of each category (`from_end`: from its end, the held-aside side of a calibration set)."""
     queues: dict[str, list[Question]] = {}
-    for q in questions:
+    for q in (reversed(questions) if from_end else questions):
         if q.ground_truth is not None:
             queues.setdefault(q.category, []).append(q)
     picked: list[tuple[Question, list[dict[str, Any]]]] = []
@@ -193,45 +179,32 @@ def compare(a: str, b: str, data: str | None = None, categories: str = DEFAULT_C
             max_tokens: int = EVAL_MAX_TOKENS, transcripts: int = COMPARE_TRANSCRIPTS,
             progress: bool = True) -> dict[str, Any]:
     """Call-level agreement (identical parsed calls on the same prompts) and token-level KL(a||b) and top-1
-    agreement on ground-truth call transcripts. Both models stay loaded together: KL needs both full distributions
-    at every position, and keeping one model's ~800 x vocab log-probabilities would cost more memory."""
-    _check_max_tokens(max_tokens)
+    agreement on ground-truth call transcripts. Both models stay loaded together."""
+    check_max_tokens(max_tokens)
     data = data if data is not None else default_data_dir()
-    questions = _questions(data, categories, limit)
+    questions = select_questions(data, categories, limit)
     ta_a, ta_b = ToolACE.load(a, kv_cache=False), ToolACE.load(b, kv_cache=False)
-    if ta_a.model.n_vocab != ta_b.model.n_vocab:
-        raise InputError(f"{a} and {b} have different vocabularies ({ta_a.model.n_vocab} vs {ta_b.model.n_vocab}): "
-                         "not two quantizations of one model")
+    quality.require_same_vocab(ta_a, ta_b, a, b)
     agree: dict[str, list[bool]] = {}
     for q in _progress(questions, "compare", progress):
-        choice = _choice(q, tool_choice)
+        choice = choice_for(q, tool_choice)
         # Text answers stop early as in evaluate: two text answers agree (no calls either way), as BFCL would see it.
-        ra, rb = (_run(t, q, choice, max_tokens, full_text=False) for t in (ta_a, ta_b))
+        ra, rb = (run_question(t, q, choice, max_tokens, full_text=False) for t in (ta_a, ta_b))
         agree.setdefault(q.category, []).append(ra["calls"] == rb["calls"])
-    kls: list[float] = []
-    top1: list[bool] = []
     picked = call_transcripts(questions, transcripts)
-    for q, calls in _progress(picked, "logits", progress):
-        tools = ToolACE.toolset(q.functions).tools
-        prompt = ta_a.prompt_tokens(q.messages, tools)
-        transcript = ta_a.model.tokenize(render_calls(calls), special=False)
-        if prompt != ta_b.prompt_tokens(q.messages, tools) or \
-                transcript != ta_b.model.tokenize(render_calls(calls), special=False):
-            raise InputError(f"{a} and {b} tokenize the same prompt differently: not two quantizations of one model")
-        with ta_a.lock, ta_b.lock:
-            lp_a = _next_token_logprobs(ta_a.model, prompt, transcript)
-            lp_b = _next_token_logprobs(ta_b.model, prompt, transcript)
-        for pa, pb in zip(lp_a, lp_b, strict=True):
-            kls.append(float(np.sum(np.exp(pa) * (pa - pb))))
-            top1.append(int(pa.argmax()) == int(pb.argmax()))
+    tokens = quality.transcripts(ta_a, picked)
+    quality.check_same_tokens(tokens, quality.transcripts(ta_b, picked), a, b)
+    kls, top1 = [], []
+    for t in _progress(tokens, "logits", progress):
+        kl, same = quality.kl_rows(quality.next_token_logprobs(ta_a, t), quality.next_token_logprobs(ta_b, t))
+        kls.append(kl)
+        top1.append(same)
     all_agree = [x for v in agree.values() for x in v]
     report = {"a": str(a), "b": str(b), "a_file": str(ta_a.model.path), "b_file": str(ta_b.model.path),
               "limit_per_category": limit, "tool_choice": tool_choice,
               "call_agreement": {c: sum(v) / len(v) for c, v in agree.items()},
               "call_agreement_overall": sum(all_agree) / len(all_agree) if all_agree else None,
               "questions": len(all_agree),
-              "token": {"transcripts": len(picked), "positions": len(kls),
-                        "kl_mean": statistics.fmean(kls) if kls else None, "kl_max": max(kls) if kls else None,
-                        "top1_agreement": sum(top1) / len(top1) if top1 else None}}
+              "token": {"transcripts": len(picked), **quality.token_figures(kls, top1)}}
     _write_json(report, json_out)
     return report

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ def calibration_set(data: str | os.PathLike[str] | None, limit: int) -> list[tup
     return picked
 
 
-def _token_transcripts(model: Model, picked: list[tuple[Question, list[dict[str, Any]]]]) -> Iterator[list[int]]:
+def token_transcripts(model: Model, picked: list[tuple[Question, list[dict[str, Any]]]]) -> Iterator[list[int]]:
     """Each transcript rendered by the model's chat template as toolace renders prompts, cut at the context."""
     from toolace.grammars.toolset import build_toolset
 
@@ -78,19 +78,41 @@ def _token_transcripts(model: Model, picked: list[tuple[Question, list[dict[str,
         yield tokens[:IMATRIX_CONTEXT_TOKENS]
 
 
+def check_output(model: Path, outfile: str | os.PathLike[str]) -> Path:
+    dst = Path(outfile)
+    if dst.exists() and dst.resolve() == model.resolve():
+        raise InputError(f"{dst}: output would overwrite the model")
+    return dst
+
+
+def measure_to(m: Model, transcripts: Iterable[list[int]], dst: Path, dataset: str) -> int:
+    """Measure `m` on token `transcripts` and write the imatrix to `dst` (atomically); returns the tokens measured."""
+    counted = [0]
+
+    def counting() -> Iterator[list[int]]:
+        for tokens in transcripts:
+            counted[0] += len(tokens)
+            yield tokens
+
+    entries = measure_imatrix(m, counting(), IMATRIX_CONTEXT_TOKENS)
+    with atomic_output(dst) as tmp:
+        write_imatrix(tmp, entries, imatrix_format(dst), datasets=[dataset], chunk_size=IMATRIX_CONTEXT_TOKENS)
+    return counted[0]
+
+
+def load_for_imatrix(model: str | os.PathLike[str]) -> Model:
+    path = resolve_model(model)
+    check_gguf(path)
+    return Model(path, n_ctx=IMATRIX_CONTEXT_TOKENS, own_context=False)
+
+
 def imatrix(model: str | os.PathLike[str], outfile: str | os.PathLike[str], data: str | os.PathLike[str] | None = None,
             limit: int = IMATRIX_DEFAULT_LIMIT) -> Path:
     """Measure `model`'s importance matrix on `limit` function-calling transcripts and write it to `outfile`
     (llama.cpp's GGUF imatrix layout, or its legacy layout for a name ending in .dat). Nothing is written on error."""
     check_limit(limit)
     picked = calibration_set(data, limit)  # bad data fails before the model loads
-    path = resolve_model(model)
-    check_gguf(path)
-    dst = Path(outfile)
-    if dst.exists() and dst.resolve() == path.resolve():
-        raise InputError(f"{dst}: output would overwrite the model")
-    m = Model(path, n_ctx=IMATRIX_CONTEXT_TOKENS, own_context=False)
-    entries = measure_imatrix(m, _token_transcripts(m, picked), IMATRIX_CONTEXT_TOKENS)
-    with atomic_output(dst) as tmp:
-        write_imatrix(tmp, entries, imatrix_format(dst), datasets=[DATASET_NAME], chunk_size=IMATRIX_CONTEXT_TOKENS)
+    dst = check_output(resolve_model(model), outfile)
+    m = load_for_imatrix(model)
+    measure_to(m, token_transcripts(m, picked), dst, DATASET_NAME)
     return dst

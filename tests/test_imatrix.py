@@ -96,7 +96,7 @@ def test_an_imatrix_for_another_model_is_refused(measured: dict[str, tuple[Path,
         with pytest.raises(InputError, match=error):
             quantize(tiny, out, "Q4_0", imatrix=imx, **PINS)
         assert not out.exists()
-        res = CliRunner().invoke(main, ["quantize", str(tiny), str(out), "--imatrix", str(imx)])
+        res = CliRunner().invoke(main, ["quantize", str(tiny), str(out), "--type", "Q4_0", "--imatrix", str(imx)])
         assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and not out.exists(), res.output
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from toolace.convert.gguf_files import DEFAULT_QUANT, DEFAULT_QUANT_WHY
 from toolace.edge import edge
 
 
@@ -34,7 +35,8 @@ def convert_cmd(**kwargs: Any) -> None:
 @click.command("quantize")
 @click.argument("infile", type=click.Path(dir_okay=False))
 @click.argument("outfile", type=click.Path(dir_okay=False))
-@click.option("--type", "type", default="Q4_K_M", show_default=True, help="llama.cpp quantization type.")
+@click.option("--type", "type", default=None,
+              help=f"llama.cpp quantization type (default {DEFAULT_QUANT}: {DEFAULT_QUANT_WHY}).")
 @click.option("--imatrix", default=None, type=click.Path(dir_okay=False),
               help="Importance matrix (llama-imatrix output, GGUF or legacy .dat).")
 @click.option("--output-tensor-type", default=None, help="Pin output.weight to this ggml type (e.g. Q8_0).")
@@ -44,6 +46,10 @@ def quantize_cmd(**kwargs: Any) -> None:
     """Quantize a GGUF file with llama.cpp's quantizer."""
     from toolace.convert.quantize import quantize
 
+    if kwargs["type"] is None:
+        kwargs["type"] = DEFAULT_QUANT
+        click.echo(f"{DEFAULT_QUANT}: the default quant ({DEFAULT_QUANT_WHY}); choose another with --type",
+                   err=True)
     click.echo(_call(quantize, **kwargs))
 
 

@@ -11,6 +11,7 @@ import click
 
 from toolace.edge import edge
 from toolace.limits import DEFAULT_N_CTX
+from toolace.runtime.kv_types import DEFAULT_KV_TYPE, KV_TYPES
 
 SHA_SHOWN = 12  # hex digits of a sha256 in `toolace list`, as git shows commit ids
 REVISION_SHOWN = 7
@@ -51,15 +52,21 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 @click.option("--name", default=None, help="Store name (default: the repo's name, lower-cased).")
 @click.option("--revision", default=None, help="Hub branch, tag or commit.")
 @click.option("--quiet", is_flag=True, help="No progress bar (there is none without a terminal either).")
+@click.option("--max-ram", default=None,
+              help="Instead of a quant: the least lossy GGUF quant the repo offers that fits this memory (8GB, 6GiB).")
+@click.option("--n-ctx", type=int, default=DEFAULT_N_CTX, show_default=True, help="Context --max-ram sizes for.")
+@click.option("--kv-type", type=click.Choice(list(KV_TYPES)), default=DEFAULT_KV_TYPE, show_default=True,
+              help="K/V cache type --max-ram sizes for.")
 @click.option("--json", "as_json", is_flag=True, help="Print the store entry as JSON.")
 @edge
 def pull_cmd(ref: str, quant: str | None, name: str | None, revision: str | None, quiet: bool,
-             as_json: bool) -> None:
+             max_ram: str | None, n_ctx: int, kv_type: str, as_json: bool) -> None:
     """Pull REF (REPO, REPO:QUANT or hf.co/REPO:QUANT) into the model store: a ready GGUF of that quant when the
     repo has one, else the checkpoint converted and quantized. Interrupted pulls resume."""
     from toolace.models import pull
 
-    entry = pull(ref, quant=quant, name=name, revision=revision, quiet=quiet)
+    entry = pull(ref, quant=quant, name=name, revision=revision, quiet=quiet, max_ram=max_ram, n_ctx=n_ctx,
+                 kv_type=kv_type, note=lambda line: click.echo(line, err=True))
     click.echo(json.dumps(entry, indent=2) if as_json else entry["path"])
 
 

@@ -185,6 +185,10 @@ MAX_REPO_FILES = 100_000  # files listed for one hub repo before toolace stops r
 # Free disk space a pull keeps beyond the bytes it still has to download: the registry, logs, and the rest of the
 # machine must still be able to write when the model has landed.
 PULL_FREE_SPACE_MARGIN_BYTES = 512 * 1024 * 1024
+# `pull --max-ram` reads one GGUF header from the hub before choosing (convert/pick_quant.py): the first bytes of the
+# file, with one Range request. Llama-3's header is ~8 MB (its 128 k-token vocabulary), the largest known ~20 MB.
+GGUF_HEADER_PROBE_BYTES = 32 * 1024 * 1024
+HUB_PROBE_TIMEOUT_SECONDS = 60.0  # seconds that header read may take
 # RAM left free beyond a model's memory estimate (runtime/memory.py) when deciding whether it may load: the estimate
 # is within ~15% of the measured resident size, and the rest of the machine must keep running.
 MEMORY_MARGIN_BYTES = 256 * 1024 * 1024

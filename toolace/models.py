@@ -15,27 +15,33 @@ from __future__ import annotations
 
 import builtins
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from toolace.convert.progress import ProgressCallback, PullProgress
 from toolace.errors import InputError
 from toolace.limits import DEFAULT_N_CTX
+from toolace.runtime.kv_types import DEFAULT_KV_TYPE
 
 __all__ = ["ProgressCallback", "PullProgress", "list", "pull", "remove", "show"]
 
 
 def pull(ref: str, quant: str | None = None, name: str | None = None, revision: str | None = None,
          progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
-         quiet: bool = True) -> dict[str, Any]:
+         quiet: bool = True, max_ram: str | int | None = None, n_ctx: int = DEFAULT_N_CTX,
+         kv_type: str = DEFAULT_KV_TYPE, note: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Pull `ref` (`REPO`, `REPO:QUANT`, `hf.co/REPO:QUANT`) into the store; returns its `list()` entry. `progress`
     gets a PullProgress (file, done, total, rate, eta) after every chunk; setting `cancel` stops the download with
     DownloadCancelled and keeps the partial file, which the next pull of the same model resumes. `quiet=False`
-    draws a progress bar when stderr is a terminal (the CLI's default)."""
+    draws a progress bar when stderr is a terminal (the CLI's default). `max_ram` ("8GB", or bytes) instead of a
+    quant picks the least lossy quant the repo offers that fits at `n_ctx` and `kv_type`; `note` gets one line
+    saying which quant and why."""
     from toolace.convert.pull import default_name, parse_ref
     from toolace.convert.pull import pull as pull_model
 
-    path = pull_model(ref, quant=quant, name=name, revision=revision, progress=progress, cancel=cancel, quiet=quiet)
+    path = pull_model(ref, quant=quant, name=name, revision=revision, progress=progress, cancel=cancel, quiet=quiet,
+                      max_ram=max_ram, n_ctx=n_ctx, kv_type=kv_type, note=note)
     wanted = name if name is not None else default_name(parse_ref(ref, quant)[0])
     return next(m for m in list(partials=False) if m["name"] == wanted and m["path"] == str(path))
 
