@@ -22,6 +22,10 @@ pytestmark = pytest.mark.slow  # the random-weight sampler (~30 s; make stress r
 
 STRESS = bool(os.environ.get("TOOLACE_STRESS"))
 SAMPLES = 10_000 if STRESS else 60
+# Sample i is the same whichever process takes it (its question, variant and seed follow from i), so a long run
+# may be split across cores: TOOLACE_STRESS_RANGE=START:STOP takes samples START..STOP-1 of the SAMPLES.
+RANGE = range(*map(int, os.environ["TOOLACE_STRESS_RANGE"].split(":"))) if os.environ.get("TOOLACE_STRESS_RANGE") \
+    else range(SAMPLES)
 # At temperature 1.5 a random model almost never closes a string, so nearly every sample is cut whatever the
 # budget; the stress run spends its time on more samples (the call's opening structure) rather than longer ones.
 MAX_TOKENS = 32 if STRESS else 64
@@ -47,9 +51,9 @@ def test_random_weights_at_temperature_1_5_never_emit_an_invalid_call(tiny_llama
     ta = ToolACE.load(str(tiny_llama_gguf), n_ctx=4096, kv_cache=False)
     questions = list(load_questions(bfcl_dir))
     counts: Counter[str] = Counter()
-    for i in range(SAMPLES):
-        if STRESS and i and i % 500 == 0:  # a long run that is stopped still says how far it got
-            print(f"\n{i} samples: {dict(counts)}; 0 invalid", flush=True)
+    for i in RANGE:
+        if STRESS and i > RANGE.start and i % 500 == 0:  # a long run that is stopped still says how far it got
+            print(f"\nsamples {RANGE.start}..{i - 1}: {dict(counts)}; 0 invalid", flush=True)
         k, v = divmod(i, len(VARIANTS))
         m, parallel = VARIANTS[v]
         q = questions[(k * 7919) % len(questions)]  # a prime stride: every category early, every question in time
@@ -69,7 +73,7 @@ def test_random_weights_at_temperature_1_5_never_emit_an_invalid_call(tiny_llama
         if mode not in ("required", "auto"):
             assert {c["name"] for c in r.calls} == {mode}
         counts["valid calls"] += 1
-    covered = len({(k * 7919) % len(questions) for k in range(-(-SAMPLES // len(VARIANTS)))})
-    print(f"\nadversarial sampling: {SAMPLES} samples over {covered} of {len(questions)} BFCL questions: "
-          f"{dict(counts)}; 0 invalid")
+    covered = len({(i // len(VARIANTS) * 7919) % len(questions) for i in RANGE})
+    print(f"\nadversarial sampling: samples {RANGE.start}..{RANGE.stop - 1} of {SAMPLES}, over {covered} of "
+          f"{len(questions)} BFCL questions: {dict(counts)}; 0 invalid")
     assert counts["valid calls"] > 0
