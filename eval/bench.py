@@ -204,16 +204,21 @@ def _ttft(path: Path, data: Path | None, n_ctx: int, runs: int) -> dict[str, Any
             "warm_over_cold": w / c, "disk_warm_over_cold": d / c}
 
 
-def _plot(report: dict[str, Any], out: str) -> None:
+def subplots(*grid: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """A matplotlib figure and its axes on the file-only Agg backend (no display on a server or in CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(*grid, figsize=figsize)
+
+
+def _plot(report: dict[str, Any], out: str) -> None:
     g = report["grammar_ms_per_token"]
     names = ["llguidance", "llama", "llama-cpp-python grammar="]
     vals = [g["llguidance"]["median"], g["llama"]["median"], g["llama_cpp_python_default"]["grammar_cost_ms_per_token"]]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = subplots(1, 2, figsize=(10, 4))
     axes[0].bar(names, vals, color=["#2a7", "#27a", "#a52"])
     axes[0].set_ylabel("grammar cost, ms per token (median)")
     axes[0].set_yscale("log")

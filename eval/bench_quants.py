@@ -10,7 +10,6 @@ file size and bits per weight, decode tokens/s and peak RSS (each in a child pro
 from __future__ import annotations
 
 import gc
-import json
 import os
 import sys
 import tempfile
@@ -25,9 +24,9 @@ from toolace.convert.info import info
 from toolace.convert.quantize import quant_type, quantize
 from toolace.errors import InputError
 from toolace.limits import IMATRIX_DEFAULT_LIMIT
-from toolace.paths import atomic_output
 
 from . import quant_quality as quality
+from .bench import save_json, save_png, subplots
 from .bfcl import default_data_dir
 from .child import measured
 from .defaults import (
@@ -224,8 +223,7 @@ def bench_quants(src: str, types: str | list[str] | tuple[str, ...] = QUANTS_DEF
               "imatrix_kinds": IMATRIX_KINDS, "cpu_count": os.cpu_count(),
               "machine_load_1min": round(os.getloadavg()[0], 2), "quants": rows}
     if json_out:
-        with atomic_output(Path(json_out)) as t:
-            t.write_text(json.dumps(report, indent=1) + "\n")
+        save_json(report, json_out)
     if plot:
         plot_quants(report, plot)
     return report
@@ -233,14 +231,7 @@ def bench_quants(src: str, types: str | list[str] | tuple[str, ...] = QUANTS_DEF
 
 def plot_quants(report: dict[str, Any], out: str) -> None:
     """Size against mean KL (log scale), one labelled point per quant; colour by imatrix kind."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .bench import save_png
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = subplots(figsize=(8, 5))
     colours = {None: "tab:blue", "fc": "tab:green", "generic": "tab:orange"}
     for r in report["quants"][1:]:
         ax.scatter(r["file_bytes"] / 1e6, max(r["kl_mean"], 1e-6), color=colours[r["imatrix"]])

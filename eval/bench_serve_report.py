@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .bench import save_png
+from .bench import save_png, subplots
 
 PARALLEL_COLUMN = "toolace --parallel N"
 LLAMA_SERVER_COLUMN = "llama-server -np N"
@@ -56,13 +56,9 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
 def plot_report(report: dict[str, Any], out: str) -> None:
     """Aggregate tok/s and p95 latency against clients, one line per column, with the ceiling-scaled 1-client
     figure of the parallel column as the reference line."""
-    import matplotlib
     import matplotlib.ticker
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     for name, rows in report["columns"].items():
         clients = [r["clients"] for r in rows]
         axes[0].plot(clients, [r["tok_per_s"] for r in rows], marker="o", label=name)

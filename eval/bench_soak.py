@@ -26,7 +26,7 @@ import httpx
 from toolace.errors import InputError
 from toolace.limits import MAX_BODY_BYTES
 
-from .bench import save_json, save_png
+from .bench import save_json, save_png, subplots
 from .bench_serve import free_port, server_process
 
 MAX_SOAK_MINUTES = 120.0  # a soak is bounded: longer runs belong to a scheduled job, not a command
@@ -337,12 +337,7 @@ def bench_soak(model: str = "demo", minutes: float = 5.0, clients: int = 16, par
 
 
 def plot_rss(report: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = subplots(figsize=(7, 3.5))
     ax.plot([t for t, _ in report["rss_mb"]], [m for _, m in report["rss_mb"]])
     ax.axvline(WARMUP_SHARE * 60 * report["minutes"], linestyle="--", color="grey", label="end of warm-up")
     ax.set(xlabel="seconds", ylabel="server RSS (MB)",
