@@ -68,7 +68,7 @@ def test_convert_quantized_into_a_full_disk(tiny_llama_dir: Path, tmp_path: Path
 def test_pull_into_a_full_disk(hub_home: Path, hub: FakeHub) -> None:
     """A pulled GGUF that hits the limit: one line, nothing registered, and the bytes that made it kept for the
     next pull, which resumes from them."""
-    proc = _run(100_000, "pull", TINY)
+    proc = _run(100_000, "pull", f"{TINY}:Q4_K_M")  # a tag given: stderr holds the error line alone
     folder = hub_home / "models" / ".pulls" / "team-ace--tiny-gguf--q4_k_m"
     assert proc.returncode == 1
     assert _error_line(proc) == (f"Error: {folder}: cannot write: File too large; the 100,000 bytes downloaded are "

@@ -23,6 +23,7 @@ from toolace import models, probes
 from toolace.cli import main
 from toolace.cli_models import human_bytes
 from toolace.convert import store
+from toolace.convert.gguf_files import DEFAULT_QUANT_WHY
 from toolace.errors import DownloadCancelled
 from toolace.runtime.refs import resolve_model
 
@@ -131,7 +132,9 @@ def test_sigint_mid_download_leaves_a_resumable_partial(hub_home: Path, hub: Fak
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130 and out == ""
-    assert err == (f"Error: {TINY}:Q4_K_M: interrupted; {3 * CHUNK:,} of {len(TINY_FILES[Q4]):,} bytes are kept in "
+    assert err == (f"Q4_K_M: the default quant ({DEFAULT_QUANT_WHY}); name another with {TINY}:QUANT, or let "
+                   "--max-ram SIZE pick the best that fits\n"
+                   f"Error: {TINY}:Q4_K_M: interrupted; {3 * CHUNK:,} of {len(TINY_FILES[Q4]):,} bytes are kept in "
                    f"{parts}: the same pull resumes them (`toolace rm --partials` removes them)\n")
     assert store.entry("tiny-gguf") is None
     assert [(m["state"], m["downloaded"]) for m in models.list()] == [("partial", 3 * CHUNK)]
