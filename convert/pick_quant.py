@@ -78,9 +78,10 @@ def pick_by_ram(repo_id: str, commit: str, files: dict[str, int], max_ram: int, 
                 endpoint: str | None) -> Pick:
     """The first quant of QUANT_PREFERENCE the repo has whose estimate at `n_ctx` fits `max_ram`; `files` maps
     each file name to its size. One InputError naming the smallest need when none fits."""
-    offered = [q for q in QUANT_PREFERENCE if q in available_quants(list(files))]
+    have = available_quants(list(files))
+    offered = [q for q in QUANT_PREFERENCE if q in have]
     if not offered:
-        raise InputError(f"{repo_id}: none of its GGUF quants ({', '.join(available_quants(list(files))) or 'none'})"
+        raise InputError(f"{repo_id}: none of its GGUF quants ({', '.join(have) or 'none'})"
                          " is one toolace can rank; name one with REPO:QUANT")
     choices = [choose_gguf(repo_id, list(files), q) for q in offered]
     smallest = min(choices, key=lambda c: sum(files[f] for f in c.files))

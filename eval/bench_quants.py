@@ -141,7 +141,7 @@ def _measure(path: Path, held: list[Any], ref: dict[str, Any] | None, questions:
     """One model's log-prob rows (reference) or its figures against the reference's."""
     ta = ToolACE.load(str(path), kv_cache=False)
     try:
-        tokens = quality.transcripts(ta, [(q, calls) for q, calls in held]) if held else []
+        tokens = quality.transcripts(ta, held)
         rows = [run_question(ta, q, choice_for(q, "category"), max_tokens, False) for q in questions]
         if ref is None:
             return {"transcripts": tokens, "logprobs": [quality.next_token_logprobs(ta, t) for t in tokens],
@@ -194,11 +194,11 @@ def bench_quants(src: str, types: str | list[str] | tuple[str, ...] = QUANTS_DEF
     with tempfile.TemporaryDirectory(prefix="toolace-bench-quants-", dir=workdir) as tmp:
         work = Path(tmp)
         ref_path = reference_gguf(src, work)
-        n_params = info(ref_path)["parameter_count"]
+        ref_info = info(ref_path)
+        n_params = ref_info["parameter_count"]
         imatrices = make_imatrices(ref_path, calib, {s.imatrix for s in specs if s.imatrix}, work, generic_text,
                                    log)
         ref = _measure(ref_path, held, None, questions, max_tokens)
-        ref_info = info(ref_path)
         rows = [{"label": f"{ref_info['file_type']} (reference)", "type": ref_info["file_type"], "imatrix": None,
                  **_file_figures(ref_path, n_params), "kl_mean": 0.0, "kl_p99": 0.0, "top1_agreement": 1.0,
                  **quality.call_figures(ref["rows"], ref["rows"]), "validity": summarize(ref["rows"])["validity"]}]

@@ -112,7 +112,8 @@ def imatrix(model: str | os.PathLike[str], outfile: str | os.PathLike[str], data
     (llama.cpp's GGUF imatrix layout, or its legacy layout for a name ending in .dat). Nothing is written on error."""
     check_limit(limit)
     picked = calibration_set(data, limit)  # bad data fails before the model loads
-    dst = check_output(resolve_model(model), outfile)
-    m = load_for_imatrix(model)
+    path = resolve_model(model)
+    dst = check_output(path, outfile)
+    m = load_for_imatrix(path)
     measure_to(m, token_transcripts(m, picked), dst, DATASET_NAME)
     return dst
