@@ -16,6 +16,7 @@ with (serve/vllm/guard.py, the export's logits processor), so both engines plan 
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import numpy as np
 
 from toolace.errors import ContextLengthError, GenerationError, InputError
 from toolace.limits import (
+    BYTE_MATCHER_CACHE_ENTRIES,
     MAX_COMPLETION_BYTES,
     START_PLAN_CACHE_ENTRIES,
 )
@@ -111,8 +113,21 @@ def _choose(allowed: np.ndarray, lex: Lex, used: np.ndarray) -> int:
     return int(allowed[np.argmin(key)])
 
 
+_MATCHERS: OrderedDict[str, Any] = OrderedDict()  # gbnf -> a matcher at the start, never fed (copied per use)
+_MATCHERS_LOCK = threading.Lock()
+
+
 def byte_matcher(gbnf: str) -> Any:
-    return llguidance.LLMatcher(byte_tokenizer(), to_llguidance(gbnf), log_level=0)
+    """A fresh byte-level matcher at the grammar's start. Compiling one takes milliseconds, copying a compiled
+    one microseconds: a server guards every request of the same tools, so the compiled one is kept (LRU)."""
+    with _MATCHERS_LOCK:  # the server's request threads share the cache
+        pristine = _MATCHERS.get(gbnf)
+        if pristine is None:
+            pristine = _MATCHERS[gbnf] = llguidance.LLMatcher(byte_tokenizer(), to_llguidance(gbnf), log_level=0)
+            if len(_MATCHERS) > BYTE_MATCHER_CACHE_ENTRIES:
+                _MATCHERS.popitem(last=False)
+        _MATCHERS.move_to_end(gbnf)
+        return pristine.deep_copy()
 
 
 def shortest_completion(matcher: Any, lex: Lex, limit: int = MAX_COMPLETION_BYTES) -> bytes | None:

@@ -182,3 +182,21 @@ PHRASE = [11, 12, 13, 14, 15, 16, 17]  # "that contains a nested JSON object", a
 def test_prose_phrase_loop(tokens: list[int], loops: bool) -> None:
     """A phrase going round inside a sentence that never ends: a token cycle, with a longer span than a value's."""
     assert prose_phrase_loop(tokens) is loops
+
+
+def test_byte_matchers_are_compiled_once_and_never_shared() -> None:
+    """Every guard of the same tools gets its own matcher at the grammar's start, copied from one compiled once."""
+    from toolace.grammars import plan
+    from toolace.limits import BYTE_MATCHER_CACHE_ENTRIES
+
+    gbnf = compile_grammar(CALENDAR, "required").gbnf
+    first = plan.byte_matcher(gbnf)
+    assert first.try_consume_tokens(list(b"[")) == 1  # fed: a later matcher must not see this
+    second = plan.byte_matcher(gbnf)
+    assert second is not first
+    assert second.try_consume_tokens(list(b"]")) == 0  # at the start, where "]" is refused ...
+    assert second.try_consume_tokens(list(b"[")) == 1  # ... and "[" is taken
+    assert gbnf in plan._MATCHERS  # kept for the next request of these tools
+    for i in range(BYTE_MATCHER_CACHE_ENTRIES + 3):  # bounded: the least recently used grammar goes first
+        plan.byte_matcher(f"{gbnf}\n# variant {i}\n")
+    assert len(plan._MATCHERS) == BYTE_MATCHER_CACHE_ENTRIES and gbnf not in plan._MATCHERS

@@ -103,6 +103,7 @@ LOOP_MAX_PERIOD_TOKENS = 32  # longest token cycle recognised as a runaway value
 LOOP_MIN_REPEATS = 3  # copies of the cycle before the value is cut back to its first copy
 LOOP_MIN_SPAN_TOKENS = 16  # ... and at least this many tokens in all, so short legitimate repeats ("aaa") stay
 START_PLAN_CACHE_ENTRIES = 64  # grammars per model whose shortest complete call is kept (one walk per tool)
+BYTE_MATCHER_CACHE_ENTRIES = 64  # compiled byte-level grammars the guard copies per request (LRU), as the tool sets
 MAX_LOOP_CUTS = 8  # runaway values cut per generation; each costs the tokens it rolled back, this bounds the waste
 # A text answer ends once its last lines and sentences are PROSE_LOOP_REPEATS copies in a row of one block of at most
 # PROSE_LOOP_MAX_PERIOD of them (on by default, `stop_loops`): three copies in a row are a loop, not an answer. A
