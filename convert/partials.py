@@ -7,10 +7,7 @@ whose lock can be taken has nobody writing it, and `toolace rm --partials` remov
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -19,7 +16,7 @@ from typing import Any
 
 from toolace.errors import DownloadError
 from toolace.limits import MAX_CHECKPOINT_JSON_BYTES
-from toolace.paths import read_json_file
+from toolace.paths import read_json_file, remove_if_abandoned, try_lock
 
 from .store import models_dir
 
@@ -39,33 +36,12 @@ def pull_key(repo_id: str, quant: str) -> str:
 
 
 @contextmanager
-def _try_lock(path: Path) -> Iterator[bool]:
-    """Take an exclusive flock on `path` without waiting; yields whether it was free (it is held until exit)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        yield False
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
-
-
-@contextmanager
 def pull_folder(repo_id: str, quant: str, meta: dict[str, Any]) -> Iterator[Path]:
     """The partial-download folder for `repo_id`'s `quant`, locked for this pull (a second pull of the same files
     is refused rather than interleaved) and described by `meta` for `toolace list`."""
     folder = pulls_dir() / pull_key(repo_id, quant)
     folder.mkdir(parents=True, exist_ok=True)
-    with _try_lock(folder / LOCK_NAME) as mine:
+    with try_lock(folder / LOCK_NAME) as mine:
         if not mine:
             raise DownloadError(f"{repo_id}:{quant} is being pulled by another toolace process; wait for it")
         (folder / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -87,7 +63,7 @@ def partial_downloads() -> list[dict[str, Any]]:
             meta = read_json_file(meta_path, MAX_CHECKPOINT_JSON_BYTES, DownloadError, str(meta_path))
         except DownloadError:
             meta = {}
-        with _try_lock(folder / LOCK_NAME) as free:
+        with try_lock(folder / LOCK_NAME) as free:
             in_use = not free
         out.append({**(meta if isinstance(meta, dict) else {}), "path": str(folder), "downloaded": _bytes_in(folder),
                     "in_use": in_use})
@@ -106,7 +82,7 @@ def sweep_partials() -> list[dict[str, Any]]:
     removed = []
     for partial in partial_downloads():
         folder = Path(partial["path"])
-        with _try_lock(folder / LOCK_NAME) as free:
+        with try_lock(folder / LOCK_NAME) as free:
             if not free:
                 continue
             size = _bytes_in(folder)
@@ -114,15 +90,12 @@ def sweep_partials() -> list[dict[str, Any]]:
         removed.append({"path": str(folder), "bytes": size, "kind": "download",
                         "name": partial.get("name"), "source": partial.get("source")})
     for path in _stale_part_files():
-        with _try_lock(path) as free:
-            if not free:
-                continue
-            size = path.stat().st_size
-            path.unlink()
-        removed.append({"path": str(path), "bytes": size, "kind": "conversion"})
+        size = remove_if_abandoned(path)
+        if size is not None:
+            removed.append({"path": str(path), "bytes": size, "kind": "conversion"})
     for folder in pulls_dir().iterdir() if pulls_dir().is_dir() else []:  # folders whose pull.json never got written
         if folder.is_dir() and not (folder / META_NAME).exists():
-            with suppress(OSError), _try_lock(folder / LOCK_NAME) as free:
+            with suppress(OSError), try_lock(folder / LOCK_NAME) as free:
                 if free:
                     shutil.rmtree(folder)
     return removed
@@ -131,7 +104,7 @@ def sweep_partials() -> list[dict[str, Any]]:
 @contextmanager
 def writing(path: Path) -> Iterator[None]:
     """Hold the lock that marks `path` as being written (so `rm --partials` leaves it alone) while the block runs."""
-    with _try_lock(path) as mine:
+    with try_lock(path) as mine:
         if not mine:
             raise DownloadError(f"{path} is being written by another process")
         yield

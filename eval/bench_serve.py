@@ -46,7 +46,7 @@ GUARD_LEVELS = (1, 4)  # clients at which the guard's cost is measured
 # same server drifted by 15% on this shared 2-core machine. So both servers run at once (an idle vLLM uses no CPU)
 # and take turns burst by burst: `clients` concurrent requests to one, then the same to the other, in alternating
 # order, GUARD_BURSTS times per level after WARMUP_REQUESTS unmeasured ones; a drift slows both alike.
-GUARD_BURSTS = 12
+GUARD_BURSTS = 24  # 12 (~15 s a server at 1 client) left the 1-client figure within the noise of the target
 WARMUP_REQUESTS = 2
 TARGET_GUARD_SLOWDOWN = 0.05  # the guard may make vLLM at most 5% slower (issue #27)
 START_SECONDS = 300  # a server must answer /v1/models (or /health) within this

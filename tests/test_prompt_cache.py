@@ -15,7 +15,7 @@ from toolace.api import ToolACE
 from toolace.cli import main
 from toolace.errors import InputError
 from toolace.limits import DEFAULT_CACHE_TOKENS, MAX_CACHE_FILES
-from toolace.paths import sha256_file
+from toolace.paths import atomic_output, sha256_file
 from toolace.runtime.cache import INDEX_NAME, PromptCache, model_digest
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -130,6 +130,19 @@ def test_eviction_also_keeps_the_file_count_bound(ta: ToolACE, tmp_path: Path) -
     _files(tmp_path, {f"f{n:03d}": 1 for n in range(MAX_CACHE_FILES + 2)})
     PromptCache(ta.model, tmp_path, max_bytes=10**9).evict()
     assert sorted(p.stem for p in tmp_path.glob("*.kv")) == [f"f{n:03d}" for n in range(2, MAX_CACHE_FILES + 2)]
+
+
+def test_eviction_removes_what_a_killed_writer_left_and_not_a_write_in_progress(ta: ToolACE, tmp_path: Path) -> None:
+    """A state file being written is a locked temporary beside it (atomic_output); `kill -9` leaves it unlocked,
+    counted by nothing and removed by nothing else, so each killed write would grow the folder for good."""
+    _files(tmp_path, {"a": 100})
+    left = tmp_path / ".0123abcd.kv.x1y2z3.part"  # what a writer killed mid-write leaves: nobody holds its lock
+    left.write_bytes(b"\0" * 5000)
+    with atomic_output(tmp_path / "b.kv") as writing:  # a write in progress (another slot or process)
+        writing.write_bytes(b"\0" * 50)
+        PromptCache(ta.model, tmp_path, max_bytes=10**9).evict()
+        assert not left.exists() and writing.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.kv", "b.kv"]
 
 
 def test_store_survives_a_file_vanishing_between_listing_and_stat(smollm2_gguf: Path, tmp_path: Path) -> None:

@@ -60,6 +60,41 @@ def output_error(target: Path, reason: str) -> OutputError:
 
 
 @contextmanager
+def try_lock(path: Path) -> Iterator[bool]:
+    """Take an exclusive flock on `path` without waiting; yields whether it was free (it is held until exit)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def remove_if_abandoned(path: Path) -> int | None:
+    """Remove a temporary file whose writer is gone (nobody holds its lock: see atomic_output); its size, or None
+    when a process is still writing it or it is already gone."""
+    with try_lock(path) as free:
+        if not free:
+            return None
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except OSError:
+            return None
+        return size
+
+
+@contextmanager
 def atomic_output(path: str | os.PathLike[str], suffix: str = ".part") -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block completes.
 
