@@ -19,6 +19,7 @@ from typing import Any
 from toolace.api import ToolACE
 from toolace.eval.bfcl import load_questions
 from toolace.eval.defaults import EVAL_MAX_TOKENS
+from toolace.paths import atomic_output
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "results" / "prose_loops_irrelevance.json"
@@ -46,13 +47,16 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _earlier(path: Path, max_tokens: int) -> list[dict[str, Any]]:
-    """The questions an interrupted run with the same budget already answered (greedy: they would not change)."""
+def _earlier(path: Path, max_tokens: int) -> tuple[list[dict[str, Any]], int]:
+    """The questions an interrupted run with the same budget already answered (greedy: they would not change), and
+    the seconds it took."""
     try:
         report = json.loads(path.read_text())
     except (OSError, ValueError):
-        return []
-    return list(report.get("questions", [])) if report.get("max_tokens") == max_tokens else []
+        return [], 0
+    if report.get("max_tokens") != max_tokens:
+        return [], 0
+    return list(report.get("questions", [])), int(report.get("seconds", 0))
 
 
 def main() -> None:
@@ -64,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     ta = ToolACE.load("demo", n_ctx=4096)
     questions = list(load_questions(args.data, ("irrelevance",)))[: args.limit]
-    rows = _earlier(Path(args.json), args.max_tokens)
+    rows, earlier_seconds = _earlier(Path(args.json), args.max_tokens)
     done = {r["id"] for r in rows}
     start = time.monotonic()
     for q in questions:
@@ -73,9 +77,10 @@ def main() -> None:
         rows.append({"id": q.id, "off": answer(ta, q, args.max_tokens, False),
                      "on": answer(ta, q, args.max_tokens, True)})
         report = {"model": "demo (SmolLM2-135M-Instruct Q4_1)", "decoding": "greedy, tool_choice auto",
-                  "max_tokens": args.max_tokens, "seconds": round(time.monotonic() - start),
+                  "max_tokens": args.max_tokens, "seconds": earlier_seconds + round(time.monotonic() - start),
                   "summary": summary(rows), "questions": rows}
-        Path(args.json).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+        with atomic_output(args.json) as tmp:  # a run stopped mid-write keeps the last complete report
+            tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     print(json.dumps(summary(rows), indent=1))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from weakref import WeakKeyDictionary
 
+from ..errors import GenerationError
 from ..grammars.loops import (  # noqa: F401 - re-exported
     find_loop,
     json_value_depths,
@@ -23,9 +24,35 @@ class ModelVocab:
 
     def __init__(self, model: Model) -> None:
         self.model = model
+        self._byte_tokens: dict[int, int] | None = None
 
     def encode(self, data: bytes) -> list[int]:
-        return self.model.llm.tokenize(data, add_bos=False, special=False) if data else []
+        """Tokens whose bytes are exactly `data`. llama.cpp's tokenizer reads text and turns bytes that are not
+        UTF-8 into U+FFFD; a completion can start inside a character the model began (its first bytes are
+        continuation bytes), so such bytes go as single-byte tokens and the UTF-8 runs as text."""
+        out: list[int] = []
+        while data:
+            try:
+                data.decode("utf-8")
+                return out + self.model.llm.tokenize(data, add_bos=False, special=False)
+            except UnicodeDecodeError as e:
+                if e.start:
+                    out += self.model.llm.tokenize(data[:e.start], add_bos=False, special=False)
+                out += [self._byte_token(b) for b in data[e.start:e.end]]
+                data = data[e.end:]
+        return out
+
+    def _byte_token(self, byte: int) -> int:
+        if self._byte_tokens is None:  # once per model, on the first stray byte: a scan of the vocabulary
+            found: dict[int, int] = {}
+            for token in range(self.model.n_vocab):
+                piece = self.piece(token)
+                if len(piece) == 1:
+                    found.setdefault(piece[0], token)
+            self._byte_tokens = found
+        if byte not in self._byte_tokens:
+            raise GenerationError(f"the model's vocabulary has no token for the byte {byte:#04x}")
+        return self._byte_tokens[byte]
 
     def piece(self, token: int) -> bytes:
         return self.model.token_text(token, special=False)

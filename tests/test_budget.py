@@ -15,9 +15,10 @@ from tests.conftest import EXAMPLES
 from toolace.api import CallResult, ToolACE
 from toolace.cli import main
 from toolace.errors import InputError
+from toolace.eval.bfcl import load_questions
 from toolace.grammars.parser import parse_calls
 from toolace.grammars.toolset import build_toolset
-from toolace.runtime.budget import minimum_tokens
+from toolace.runtime.budget import minimum_tokens, model_vocab
 
 CALENDAR_FILE = EXAMPLES / "calendar_weather.json"
 LISBON = "What's the weather in Lisbon in fahrenheit?"
@@ -165,3 +166,33 @@ def test_cli_call_at_the_minimum_and_below(ta: ToolACE, smollm2_gguf: Path, tmp_
     assert res.output.strip().splitlines()[-1] == (
         f"Error: max_tokens {low - 1} is below the {low} tokens of the shortest complete call for these tools; "
         f"raise max_tokens to at least {low}")
+
+
+# Completions that start inside a UTF-8 character the model began (its first bytes are continuation bytes), or hold
+# a stray byte: the plan's tokens must be exactly these bytes (llama.cpp's tokenizer alone gives U+FFFD for them).
+# Each is paired with the valid text next to it, which must still tokenize as llama.cpp does.
+STRAY_BYTES = [
+    (b'\x80",century=0)]', '\u00e9",century=0)]'),
+    (b"\xa9\xbf)]", "\u00e9\u00bf)]"),
+    (b'x="\xe2\x82', 'x="\u20ac'),
+]
+
+
+@pytest.mark.parametrize(("stray", "valid"), STRAY_BYTES)
+def test_plan_tokens_are_exactly_the_planned_bytes(ta: ToolACE, stray: bytes, valid: str) -> None:
+    vocab = model_vocab(ta.model)
+    tokens = vocab.encode(stray)
+    assert b"".join(vocab.piece(t) for t in tokens) == stray
+    near = valid.encode()
+    assert vocab.encode(near) == ta.model.llm.tokenize(near, add_bos=False, special=False)
+
+
+def test_a_planned_completion_inside_a_character_is_emitted(tiny_llama_gguf: Path, bfcl_dir: Path) -> None:
+    """`make stress`'s adversarial sample 3241: at temperature 1.5 the random model ends a token inside a
+    two-byte character just as the budget runs out; the guard's completion then starts with a continuation byte.
+    Before: GenerationError "the grammar refused a planned token" (the plan held U+FFFD)."""
+    tiny = ToolACE.load(str(tiny_llama_gguf), n_ctx=4096, kv_cache=False)
+    q = next(q for q in load_questions(bfcl_dir, ("multiple",)) if q.id == "multiple_70")
+    r = tiny.chat(q.messages, q.functions, "required", max_tokens=32, temperature=1.5, seed=3241,
+                  parallel_tool_calls=False)
+    assert r.calls and r.valid and r.finish_reason == "length", r.raw
