@@ -16,14 +16,14 @@ from typing import Any
 
 from toolace.errors import DownloadError
 from toolace.limits import MAX_CHECKPOINT_JSON_BYTES
-from toolace.paths import read_json_file, remove_if_abandoned, try_lock
+from toolace.paths import TEMP_SUFFIX, read_json_file, remove_if_abandoned, try_lock
 
 from .store import models_dir
 
 PULLS = ".pulls"  # folder of partial downloads, one subfolder per repo and quant
 LOCK_NAME = "pull.lock"
 META_NAME = "pull.json"  # what is being pulled: name, source, revision, quant, files, size
-PART_SUFFIX = ".part"  # a file still being written (download or conversion)
+PART_SUFFIX = TEMP_SUFFIX  # a file still being written (a download, or atomic_output's temporary)
 
 
 def pulls_dir() -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 
 from toolace.errors import InputError, OutputError, ToolaceError
 from toolace.limits import DEFAULT_CACHE_TOKENS, MAX_CACHE_FILES, MIN_PREFIX_TOKENS
-from toolace.paths import atomic_output, remove_if_abandoned, sha256_file, toolace_home
+from toolace.paths import TEMP_SUFFIX, atomic_output, remove_if_abandoned, sha256_file, toolace_home
 
 from .model import Model
 
@@ -132,7 +132,7 @@ class PromptCache:
         """Remove the least recently used state files until the rest fit max_bytes and MAX_CACHE_FILES. Other
         slots and processes evict too: a file that vanishes between listing and stat or unlink is simply gone.
         A temporary file whose writer was killed mid-write is removed too (nothing else ever would)."""
-        for tmp in self.folder.glob(".*.part"):  # atomic_output's temporary names; a live writer holds the lock
+        for tmp in self.folder.glob(f".*{TEMP_SUFFIX}"):  # atomic_output's temporaries; a live writer holds the lock
             remove_if_abandoned(tmp)
         files: list[tuple[int, int, Path]] = []
         for p in self.folder.glob("*.kv"):

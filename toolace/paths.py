@@ -17,6 +17,7 @@ from toolace.errors import OutputError, ToolaceError
 from toolace.limits import HASH_CHUNK_BYTES
 
 HOME_ENV = "TOOLACE_HOME"
+TEMP_SUFFIX = ".part"  # atomic_output's temporaries: hidden `.NAME.*.part` beside their target
 
 
 def toolace_home() -> Path:
@@ -60,10 +61,11 @@ def output_error(target: Path, reason: str) -> OutputError:
 
 
 @contextmanager
-def try_lock(path: Path) -> Iterator[bool]:
-    """Take an exclusive flock on `path` without waiting; yields whether it was free (it is held until exit)."""
+def try_lock(path: Path, create: bool = True) -> Iterator[bool]:
+    """Take an exclusive flock on `path` without waiting; yields whether it was free (it is held until exit).
+    `create`: make the file if it is missing (a lock file); else a missing file is not free."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
     except OSError:
         yield False
         return
@@ -83,7 +85,7 @@ def try_lock(path: Path) -> Iterator[bool]:
 def remove_if_abandoned(path: Path) -> int | None:
     """Remove a temporary file whose writer is gone (nobody holds its lock: see atomic_output); its size, or None
     when a process is still writing it or it is already gone."""
-    with try_lock(path) as free:
+    with try_lock(path, create=False) as free:  # never recreate one another process just removed
         if not free:
             return None
         try:
@@ -95,7 +97,7 @@ def remove_if_abandoned(path: Path) -> int | None:
 
 
 @contextmanager
-def atomic_output(path: str | os.PathLike[str], suffix: str = ".part") -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike[str], suffix: str = TEMP_SUFFIX) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block completes.
 
     The temporary file lives in the target folder so the rename is atomic, and is removed on any failure
