@@ -4,10 +4,12 @@ summary lines (docs/parallel.md).
 Targets (ratios, so they hold on any machine): the toolace `--parallel N` column's aggregate tok/s at 4 and 8
 clients over its tok/s at 1 is at least TARGET_CEILING_SHARE of this machine's batching ceiling at that N; toolace
 over llama-server at 4 clients is at least TARGET_VS_LLAMA_SERVER; every answer valid; p95 latency at 4 clients is at
-most TARGET_P95_OVER_P50 times the 1-client p50."""
+most TARGET_P95_OVER_P50 times the 1-client p50. And with `--vllm-export`, the budget guard inside vLLM makes it at
+most TARGET_GUARD_SLOWDOWN slower (`guard_cost`, docs/scale-out.md)."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,10 @@ TARGET_CEILING_SHARE = 0.8  # of the ceiling (one decode of N tokens / N decodes
 TARGET_VS_LLAMA_SERVER = 0.9  # aggregate tok/s at 4 clients, toolace enforcing the call grammar on every sequence
 TARGET_P95_OVER_P50 = 2.5  # p95 latency at 4 clients over the 1-client p50
 TARGET_LEVELS = (4, 8)
+VLLM_UNGUARDED_COLUMN = "vLLM (export, no guard)"
+VLLM_GUARDED_COLUMN = "vLLM (export, guard)"  # the guard's cost: the same longer run as VLLM_UNGUARDED_COLUMN
+GUARD_LEVELS = (1, 4)  # clients at which the guard's cost is measured
+TARGET_GUARD_SLOWDOWN = 0.05  # the guard may make vLLM at most 5% slower (issue #27)
 
 
 def _row(report: dict[str, Any], column: str, clients: int) -> dict[str, Any] | None:
@@ -50,6 +56,43 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
         ratio = four["latency_p95_s"] / one["latency_p50_s"]
         out["p95_4_over_p50_1"] = {"measured": round(ratio, 3), "needed": TARGET_P95_OVER_P50,
                                    "met": ratio <= TARGET_P95_OVER_P50}
+    return out
+
+
+def guard_cost(report: dict[str, Any]) -> dict[str, Any]:
+    """vLLM with the budget guard against the same server without it, at GUARD_LEVELS, from the same bursts; the
+    target is at most TARGET_GUARD_SLOWDOWN slower (issue #27): in the clients' tok/s (`vllm_guard_N`), as the
+    median of the bursts' paired ratios (`vllm_guard_paired_N`: each burst sent the same requests to both, so a
+    moment the machine was busy moves one pair, not the totals), in the engine's own time per token
+    (`vllm_guard_engine_N`, where the guard runs), and from the guard's own clock (`vllm_guard_code_N`: its
+    seconds inside the guarded server over the rest of the bursts' wall time, what its code adds)."""
+    out = {}
+    for n in GUARD_LEVELS:
+        rows = [next((r for r in report["columns"].get(c, []) if r["clients"] == n), None)
+                for c in (VLLM_GUARDED_COLUMN, VLLM_UNGUARDED_COLUMN)]
+        if not (rows[0] and rows[1]):
+            continue
+        if rows[1]["tok_per_s"]:
+            slower = round(1 - rows[0]["tok_per_s"] / rows[1]["tok_per_s"], 3)  # judged as reported
+            out[f"vllm_guard_{n}"] = {"measured": slower, "needed": TARGET_GUARD_SLOWDOWN,
+                                      "met": slower <= TARGET_GUARD_SLOWDOWN}
+        on_bursts, off_bursts = rows[0].get("burst_tok_per_s") or [], rows[1].get("burst_tok_per_s") or []
+        pairs = list(zip(on_bursts, off_bursts, strict=False))
+        # burst k sent the same requests to both: a paired reading
+        if pairs and len(on_bursts) == len(off_bursts) and all(off for _, off in pairs):
+            slower = round(statistics.median(1 - on / off for on, off in pairs), 3)
+            out[f"vllm_guard_paired_{n}"] = {"measured": slower, "needed": TARGET_GUARD_SLOWDOWN,
+                                             "met": slower <= TARGET_GUARD_SLOWDOWN}
+        code = rows[0].get("guard_code_slowdown")
+        if code is not None:  # the guard's own time, read inside the guarded server: free of the runs' noise
+            code = round(code, 3)
+            out[f"vllm_guard_code_{n}"] = {"measured": code, "needed": TARGET_GUARD_SLOWDOWN,
+                                           "met": code <= TARGET_GUARD_SLOWDOWN}
+        on, off = rows[0].get("engine_ms_per_token"), rows[1].get("engine_ms_per_token")
+        if on and off:
+            slower = round(on / off - 1, 3)
+            out[f"vllm_guard_engine_{n}"] = {"measured": slower, "needed": TARGET_GUARD_SLOWDOWN,
+                                             "met": slower <= TARGET_GUARD_SLOWDOWN}
     return out
 
 

@@ -279,15 +279,47 @@ class Guard:
         self._decide(data)
         if not self.active:
             return Verdict(tokens, False)  # text (auto) or unguarded: the byte matcher is no longer needed
+        before = self.plan
         if not self._feed(data):  # the decoder's grammar allowed them: this is not the grammar being decoded
             self.enabled = False
             return Verdict(tokens, False)
-        tail = shortest_completion(self.matcher, self.lex[-1], limit=max(room, 0) * MAX_TOKEN_BYTES_BOUND)
-        if tail is not None and len(self.vocab.encode(tail) if tail else []) <= room:
-            self.plan = []
+        kept = self._still_valid(tokens, data, before)
+        if kept is not None and len(kept) <= room:
+            self.plan = kept
+            return Verdict(tokens, False)
+        planned = self._walk(room)
+        if planned is not None:
+            self.plan = planned  # the reserve that was checked is the one a cut will use
             return Verdict(tokens, False)
         self._unfeed(len(data))
+        # The cut's plan: a fresh walk where it fits (it closes the open value: a number ends here rather than
+        # taking the kept reserve's "0"), else the reserve checked at the last step, which does.
+        fresh = self._walk(room + len(tokens))
+        self.plan = before if fresh is None else fresh
         return Verdict(self._planned(), True)
+
+    def _walk(self, room: int) -> list[int] | None:
+        """The walk's completion from here in tokens, if it fits `room`."""
+        tail = shortest_completion(self.matcher, self.lex[-1], limit=max(room, 0) * MAX_TOKEN_BYTES_BOUND)
+        planned = None if tail is None else self.vocab.encode(tail) if tail else []
+        return planned if planned is not None and len(planned) <= room else None
+
+    def _still_valid(self, tokens: list[int], data: bytes, before: list[int]) -> list[int] | None:
+        """The reserve from before `data`, as a completion from after it, when it still is one: the model followed
+        it (the rest of it), or wrote on inside a value it closes (all of it, checked by the matcher). Most tokens
+        of a value end here, without the byte walk (the guard's per-token cost, docs/budget.md)."""
+        if not before:
+            return None
+        if before[:len(tokens)] == tokens:
+            return before[len(tokens):]
+        tail = self._bytes(before)
+        if tail.startswith(data):
+            return self.vocab.encode(tail[len(data):])
+        n = self.matcher.try_consume_tokens(list(tail))
+        fits = n == len(tail) and self.matcher.is_accepting()
+        if n and not self.matcher.rollback(n):
+            raise GenerationError(f"grammar rollback failed: {self.matcher.get_error()}")
+        return before if fits else None
 
     def feed(self, tokens: Sequence[int]) -> None:
         """Follow tokens taken without a check (an engine that overrode the guard's choice)."""

@@ -200,3 +200,74 @@ def test_byte_matchers_are_compiled_once_and_never_shared() -> None:
     for i in range(BYTE_MATCHER_CACHE_ENTRIES + 3):  # bounded: the least recently used grammar goes first
         plan.byte_matcher(f"{gbnf}\n# variant {i}\n")
     assert len(plan._MATCHERS) == BYTE_MATCHER_CACHE_ENTRIES and gbnf not in plan._MATCHERS
+
+
+class _Bytes:
+    """A vocabulary of one token per byte: the guard's decisions without a model."""
+
+    def encode(self, data: bytes) -> list[int]:
+        return list(data)
+
+    def piece(self, token: int) -> bytes:
+        return bytes([token])
+
+
+@pytest.mark.parametrize(("tools", "choice"), [(CALENDAR, "required"), (TRAVEL, "required"), (AWKWARD, "required")])
+def test_the_reserve_is_kept_while_it_still_completes(tools: list[dict[str, Any]], choice: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """After every accepted token the guard's reserve completes the text so far into a sentence of the grammar;
+    inside a value (or following the reserve) it is kept rather than walked again, so most tokens need no walk."""
+    from toolace.grammars import plan
+
+    walks = []
+    walk = plan.shortest_completion
+    monkeypatch.setattr(plan, "shortest_completion", lambda *a, **k: walks.append(1) or walk(*a, **k))
+    compiled = compile_grammar(tools, choice)
+    names = [t.name for t in compiled.tools]
+    rng = np.random.default_rng(11)
+    fed = 0
+    for _ in range(6):
+        text = sample_text(compiled.gbnf, rng, max_bytes=400)
+        if text is None:
+            continue
+        guard = plan.Guard(_Bytes(), compiled.gbnf, names, True, 4096, 4096)
+        for i, b in enumerate(text.encode()):
+            assert guard.check([b], 4096 - i - 1).cut is False
+            fed += 1
+            done = bytes(guard.text) + b"".join(bytes([t]) for t in guard.plan)
+            assert check_text(compiled.gbnf, done.decode()).ok, done  # the reserve is a completion from here
+    assert 0 < len(walks) < fed / 2, (len(walks), fed)
+
+
+def test_a_stale_reserve_is_walked_again() -> None:
+    """Near miss of the above: once the value the reserve closed is closed by the text, the old reserve no longer
+    completes it, and a fresh walk replaces it."""
+    from toolace.grammars import plan
+
+    compiled = compile_grammar(CALENDAR, "required")
+    guard = plan.Guard(_Bytes(), compiled.gbnf, [t.name for t in compiled.tools], True, 4096, 4096)
+    for b in b"[calendar.create_event(title='Budget',date='2026-12-01',start_time='14:00',duration_minutes=45":
+        guard.check([b], 4000)
+    before = bytes(guard.plan)
+    assert before.endswith(b")]")  # kept since "=": still a completion after each digit
+    for b in b",attendees=[":
+        guard.check([b], 4000)
+    after = bytes(guard.plan)
+    assert before != after and after.startswith(b"]")
+    assert check_text(compiled.gbnf, (bytes(guard.text) + after).decode()).ok
+
+
+def test_a_cut_closes_the_value_rather_than_extend_a_kept_reserve() -> None:
+    """The kept reserve after `=4` is `0)]`; a cut right there emits the fresh walk's `)` (the number stays 4), not
+    the kept reserve's `0` (40). Near miss: with room for the kept reserve, the model's digit is taken."""
+    from toolace.grammars import plan
+
+    compiled = compile_grammar(CALENDAR, "required")
+    names = [t.name for t in compiled.tools]
+    head = b"[calendar.create_event(title='B',date='d',start_time='s',duration_minutes=4"
+    for room, expected in ((1, plan.Verdict([ord(")")], True)), (3, plan.Verdict([ord("5")], False))):
+        guard = plan.Guard(_Bytes(), compiled.gbnf, names, True, 4096, 4096)
+        for b in head:
+            guard.check([b], 4000)
+        assert bytes(guard.plan) == b"0)]"
+        assert guard.check([ord("5")], room) == expected

@@ -22,6 +22,7 @@ into $TOOLACE_VLLM_NOTES, which the middleware reads to report `finish_reason` "
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +35,7 @@ from toolace.errors import ToolaceError
 from toolace.grammars.loops import find_loop
 from toolace.grammars.plan import Guard, Vocab
 from toolace.limits import MAX_LOOP_CUTS
-from toolace.serve.vllm.meta import hf_vocab, read_meta, write_note
+from toolace.serve.vllm.meta import GuardClock, hf_vocab, read_meta, write_note
 
 log = logging.getLogger("toolace.vllm.guard")
 GREEDY_BELOW = 1e-5  # temperatures below this are greedy, as vLLM's own sampler treats them
@@ -62,6 +63,11 @@ class RequestGuard:
         self.stops = set(params.all_stop_token_ids) | {eos}
         self.temperature, self.top_k, self.top_p, self.min_p = \
             params.temperature, params.top_k, params.top_p, params.min_p
+        # Greedy, and nothing after this processor (penalties, biases, bans) can move the argmax: the model's own
+        # token needs no forcing (the row is left alone, ~0.1 ms a row saved).
+        self.plain_greedy = params.temperature < GREEDY_BELOW and params.repetition_penalty == 1.0 \
+            and not (params.presence_penalty or params.frequency_penalty or params.logit_bias or params.min_tokens
+                     or params.bad_words or params.allowed_token_ids)
         self.generator: torch.Generator | None = None
         if params.seed is not None:
             self.generator = torch.Generator().manual_seed(params.seed)
@@ -139,14 +145,15 @@ class RequestGuard:
             return
         if planned:
             self._noted()
-        if token != self.eos and float(row[token]) == float("-inf"):  # never force what vLLM's grammar refuses
-            log.warning("toolace: the served grammar refuses token %d; request left unguarded", token)
-            if guard.active:
-                guard.rollback([token])
-            guard.enabled = False
-            return
-        row.fill_(float("-inf"))
-        row[token] = 0.0
+        if planned or not self.plain_greedy:
+            if token != self.eos and float(row[token]) == float("-inf"):  # never force what vLLM's grammar refuses
+                log.warning("toolace: the served grammar refuses token %d; request left unguarded", token)
+                if guard.active:
+                    guard.rollback([token])
+                guard.enabled = False
+                return
+            row.fill_(float("-inf"))
+            row[token] = 0.0
         self.pending = token if guard.active and token not in self.stops else None
         self.planned = planned
 
@@ -185,16 +192,20 @@ class ToolaceGuard(V1LogitsProcessor, V2LogitsProcessor):
         self.v1: dict[int, tuple[RequestGuard, list[int]]] = {}  # batch index -> guard, live output tokens
         self.v2: dict[int, RequestGuard | None] = {}  # request slot -> guard
         self.req_states = args[0] if len(args) == 1 else None  # V2's LogitsProcRequestState
+        self.clock = GuardClock()
 
     def _new(self, params: Any) -> RequestGuard | None:
         meta = request_meta(params)
         if meta is None or not params.max_tokens:
             return None
+        start = time.perf_counter()
         try:
             return RequestGuard(self.vocab, self.eos, params, meta)
         except ToolaceError as e:  # below the minimum (the tool parser refuses those first), or no plan
             log.warning("toolace: request not guarded: %s", e)
             return None
+        finally:
+            self.clock.add(time.perf_counter() - start, requests=1)
 
     def is_argmax_invariant(self) -> bool:
         return False  # it replaces the model's token near the budget and at runaway values
@@ -214,18 +225,24 @@ class ToolaceGuard(V1LogitsProcessor, V2LogitsProcessor):
 
     def apply(self, logits: torch.Tensor, ctx: Any = None) -> torch.Tensor:
         if ctx is None:
-            for index, (guard, output) in self.v1.items():
-                guard.sync(output)
-                guard.choose(logits[index])
+            if self.v1:
+                start = time.perf_counter()
+                for index, (guard, output) in self.v1.items():
+                    guard.sync(output)
+                    guard.choose(logits[index])
+                self.clock.add(time.perf_counter() - start, steps=1, rows=len(self.v1))
             return logits
         slots = ctx.idx_mapping_np
         if logits.shape[0] != len(slots) or not any(self.v2.get(int(s)) for s in slots):
             return logits  # speculative decoding (several rows a request) is not guarded; or nothing to guard
+        start, rows = time.perf_counter(), 0
         positions, fed = ctx.pos.tolist(), ctx.input_ids.tolist()
         for row, slot in enumerate(slots.tolist()):
             guard = self.v2.get(slot)
             if guard is not None and self._sync_v2(guard, slot, positions[row], fed[row]):
                 guard.choose(logits[row])
+                rows += 1
+        self.clock.add(time.perf_counter() - start, steps=1, rows=rows)
         return logits
 
     def _sync_v2(self, guard: RequestGuard, slot: int, pos: int, token: int) -> bool:

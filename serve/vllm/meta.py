@@ -21,6 +21,8 @@ from toolace.limits import VLLM_NOTE_SECONDS
 
 META_KEY = "toolace"  # the `vllm_xargs` / `extra_args` key; a client's own value is replaced by the middleware
 NOTES_ENV = "TOOLACE_VLLM_NOTES"  # the folder the engine's notes go to (serve.sh makes one per server)
+GUARD_CLOCK_ENV = "TOOLACE_VLLM_GUARD_CLOCK"  # set (by the benchmark): the guard leaves its own time in the notes
+GUARD_TIME_PREFIX = "guard-time-"  # + the engine's pid + ".json": the guard's own time (never a nonce's name)
 NONCE_HEX_CHARS = 32  # a note's file name: 128 random bits, unguessable, so one request never reads another's
 
 
@@ -130,3 +132,45 @@ def take_note(nonce: str) -> bool | None:
             except OSError:
                 continue  # taken by its request meanwhile
     return found
+
+
+# --- the guard's own time: what it adds to the engine's steps, read by `toolace bench serve --vllm-export` -----------
+class GuardClock:
+    """Seconds the guard spent (per step and setting up requests), kept by the engine. Only when a benchmark asks
+    ($GUARD_CLOCK_ENV set) are the totals left in the notes folder, replaced after every step, so the benchmark
+    reads the guard's share of the wall time directly, free of run-to-run noise; a served engine writes nothing."""
+
+    def __init__(self) -> None:
+        self.totals = {"seconds": 0.0, "setup_seconds": 0.0, "steps": 0, "rows": 0, "requests": 0}
+        folder = os.environ.get(NOTES_ENV)
+        self.path = Path(folder, f"{GUARD_TIME_PREFIX}{os.getpid()}.json") \
+            if folder and os.environ.get(GUARD_CLOCK_ENV) else None
+
+    def add(self, seconds: float, steps: int = 0, rows: int = 0, requests: int = 0) -> None:
+        t = self.totals
+        t["seconds"] += seconds
+        t["steps"] += steps
+        t["rows"] += rows
+        t["requests"] += requests
+        if requests:
+            t["setup_seconds"] += seconds
+        if self.path is not None:
+            temp = self.path.with_suffix(".tmp")
+            try:
+                temp.write_text(json.dumps(t), encoding="utf-8")
+                os.replace(temp, self.path)  # a reader never sees half a file
+            except OSError:
+                self.path = None  # only the benchmark's reading is lost
+
+
+def read_guard_time(folder: str | Path) -> dict[str, float]:
+    """The guard's time so far, summed over the server's engines (one file each)."""
+    out = {"seconds": 0.0, "setup_seconds": 0.0, "steps": 0, "rows": 0, "requests": 0}
+    for path in Path(folder).glob(f"{GUARD_TIME_PREFIX}*.json"):
+        try:
+            found = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for key in out:
+            out[key] += found.get(key, 0)
+    return out
