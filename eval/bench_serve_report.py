@@ -68,32 +68,28 @@ def guard_cost(report: dict[str, Any]) -> dict[str, Any]:
     seconds inside the guarded server over the rest of the bursts' wall time, what its code adds)."""
     out = {}
     for n in GUARD_LEVELS:
-        rows = [next((r for r in report["columns"].get(c, []) if r["clients"] == n), None)
-                for c in (VLLM_GUARDED_COLUMN, VLLM_UNGUARDED_COLUMN)]
-        if not (rows[0] and rows[1]):
+        on, off = _row(report, VLLM_GUARDED_COLUMN, n), _row(report, VLLM_UNGUARDED_COLUMN, n)
+        if not (on and off):
             continue
-        if rows[1]["tok_per_s"]:
-            slower = round(1 - rows[0]["tok_per_s"] / rows[1]["tok_per_s"], 3)  # judged as reported
-            out[f"vllm_guard_{n}"] = {"measured": slower, "needed": TARGET_GUARD_SLOWDOWN,
-                                      "met": slower <= TARGET_GUARD_SLOWDOWN}
-        on_bursts, off_bursts = rows[0].get("burst_tok_per_s") or [], rows[1].get("burst_tok_per_s") or []
-        pairs = list(zip(on_bursts, off_bursts, strict=False))
+        if off["tok_per_s"]:
+            out[f"vllm_guard_{n}"] = _at_most_guard_slowdown(1 - on["tok_per_s"] / off["tok_per_s"])
+        on_bursts, off_bursts = on.get("burst_tok_per_s") or [], off.get("burst_tok_per_s") or []
         # burst k sent the same requests to both: a paired reading
-        if pairs and len(on_bursts) == len(off_bursts) and all(off for _, off in pairs):
-            slower = round(statistics.median(1 - on / off for on, off in pairs), 3)
-            out[f"vllm_guard_paired_{n}"] = {"measured": slower, "needed": TARGET_GUARD_SLOWDOWN,
-                                             "met": slower <= TARGET_GUARD_SLOWDOWN}
-        code = rows[0].get("guard_code_slowdown")
-        if code is not None:  # the guard's own time, read inside the guarded server: free of the runs' noise
-            code = round(code, 3)
-            out[f"vllm_guard_code_{n}"] = {"measured": code, "needed": TARGET_GUARD_SLOWDOWN,
-                                           "met": code <= TARGET_GUARD_SLOWDOWN}
-        on, off = rows[0].get("engine_ms_per_token"), rows[1].get("engine_ms_per_token")
-        if on and off:
-            slower = round(on / off - 1, 3)
-            out[f"vllm_guard_engine_{n}"] = {"measured": slower, "needed": TARGET_GUARD_SLOWDOWN,
-                                             "met": slower <= TARGET_GUARD_SLOWDOWN}
+        if on_bursts and len(on_bursts) == len(off_bursts) and all(off_bursts):
+            out[f"vllm_guard_paired_{n}"] = _at_most_guard_slowdown(
+                statistics.median(1 - a / b for a, b in zip(on_bursts, off_bursts, strict=True)))
+        if on.get("guard_code_slowdown") is not None:  # the guard's own time, read inside the guarded server
+            out[f"vllm_guard_code_{n}"] = _at_most_guard_slowdown(on["guard_code_slowdown"])
+        if on.get("engine_ms_per_token") and off.get("engine_ms_per_token"):
+            out[f"vllm_guard_engine_{n}"] = _at_most_guard_slowdown(
+                on["engine_ms_per_token"] / off["engine_ms_per_token"] - 1)
     return out
+
+
+def _at_most_guard_slowdown(slower: float) -> dict[str, Any]:
+    """A guard-cost reading judged as reported (rounded to 0.1%) against TARGET_GUARD_SLOWDOWN."""
+    slower = round(slower, 3)
+    return {"measured": slower, "needed": TARGET_GUARD_SLOWDOWN, "met": slower <= TARGET_GUARD_SLOWDOWN}
 
 
 def plot_report(report: dict[str, Any], out: str) -> None:

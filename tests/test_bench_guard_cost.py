@@ -94,6 +94,7 @@ def test_the_guards_own_clock_is_a_reading() -> None:
 def test_guard_clock_files_sum_over_engines(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Asked for, each engine leaves its totals in the notes folder after every step (replaced whole, never a
     nonce's name, so the notes sweep leaves them); the reader sums the engines'. Not asked for, nothing is written."""
+    from toolace.paths import TEMP_SUFFIX
     from toolace.serve.vllm import meta
 
     monkeypatch.setenv(meta.NOTES_ENV, str(tmp_path))
@@ -110,4 +111,4 @@ def test_guard_clock_files_sum_over_engines(tmp_path: Any, monkeypatch: pytest.M
     assert meta.read_guard_time(tmp_path) == {"seconds": 1.75, "setup_seconds": 0.25, "steps": 4, "rows": 5,
                                               "requests": 1}
     names = [p.name for p in tmp_path.iterdir()]
-    assert not any(meta.is_nonce(n) for n in names) and not any(n.endswith(".tmp") for n in names)
+    assert not any(meta.is_nonce(n) for n in names) and not any(n.endswith((".tmp", TEMP_SUFFIX)) for n in names)

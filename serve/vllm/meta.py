@@ -15,14 +15,17 @@ from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
 
+from toolace.errors import ToolaceError
 from toolace.grammars.json_schema import ResponseFormat, compile_response_format
 from toolace.grammars.plan import Guard, Vocab
 from toolace.limits import VLLM_NOTE_SECONDS
+from toolace.paths import atomic_output
 
 META_KEY = "toolace"  # the `vllm_xargs` / `extra_args` key; a client's own value is replaced by the middleware
 NOTES_ENV = "TOOLACE_VLLM_NOTES"  # the folder the engine's notes go to (serve.sh makes one per server)
 GUARD_CLOCK_ENV = "TOOLACE_VLLM_GUARD_CLOCK"  # set (by the benchmark): the guard leaves its own time in the notes
 GUARD_TIME_PREFIX = "guard-time-"  # + the engine's pid + ".json": the guard's own time (never a nonce's name)
+GUARD_CLOCK_KEYS = ("seconds", "setup_seconds", "steps", "rows", "requests")  # what the guard's clock counts
 NONCE_HEX_CHARS = 32  # a note's file name: 128 random bits, unguessable, so one request never reads another's
 
 
@@ -141,7 +144,7 @@ class GuardClock:
     reads the guard's share of the wall time directly, free of run-to-run noise; a served engine writes nothing."""
 
     def __init__(self) -> None:
-        self.totals = {"seconds": 0.0, "setup_seconds": 0.0, "steps": 0, "rows": 0, "requests": 0}
+        self.totals = dict.fromkeys(GUARD_CLOCK_KEYS, 0)
         folder = os.environ.get(NOTES_ENV)
         self.path = Path(folder, f"{GUARD_TIME_PREFIX}{os.getpid()}.json") \
             if folder and os.environ.get(GUARD_CLOCK_ENV) else None
@@ -155,17 +158,16 @@ class GuardClock:
         if requests:
             t["setup_seconds"] += seconds
         if self.path is not None:
-            temp = self.path.with_suffix(".tmp")
             try:
-                temp.write_text(json.dumps(t), encoding="utf-8")
-                os.replace(temp, self.path)  # a reader never sees half a file
-            except OSError:
+                with atomic_output(self.path) as temp:  # a reader never sees half a file
+                    temp.write_text(json.dumps(t), encoding="utf-8")
+            except ToolaceError:
                 self.path = None  # only the benchmark's reading is lost
 
 
 def read_guard_time(folder: str | Path) -> dict[str, float]:
     """The guard's time so far, summed over the server's engines (one file each)."""
-    out = {"seconds": 0.0, "setup_seconds": 0.0, "steps": 0, "rows": 0, "requests": 0}
+    out = dict.fromkeys(GUARD_CLOCK_KEYS, 0)
     for path in Path(folder).glob(f"{GUARD_TIME_PREFIX}*.json"):
         try:
             found = json.loads(path.read_text(encoding="utf-8"))
