@@ -38,8 +38,18 @@ class Constraint(Protocol):
     def accept_forced(self, tokens: list[int]) -> None: ...
     def discard(self) -> None: ...
     def rollback(self, n: int) -> None: ...
+    def allowed_prefix(self, tokens: list[int]) -> int: ...
     rejections: int
     step_ms: list[float]
+
+
+def _allowed_prefix(matcher: Any, tokens: list[int]) -> int:
+    """How many leading `tokens` the matcher would accept, leaving its state as it was (a speculative draft is
+    checked, never accepted: runtime/speculative.py)."""
+    n = int(matcher.try_consume_tokens(tokens))
+    if n and not matcher.rollback(n):
+        raise GenerationError(f"grammar rollback failed: {matcher.get_error()}")
+    return n
 
 
 def _matcher(model: Model, gbnf: str) -> Any:
@@ -190,6 +200,11 @@ class LLGuidanceConstraint(_Timed):
             self._consumed = None
         self._filled = False
 
+    def allowed_prefix(self, tokens: list[int]) -> int:
+        if self._consumed is not None:
+            raise GenerationError("a draft was checked while a chosen token was held")
+        return _allowed_prefix(self.matcher, tokens)
+
     def rollback(self, n: int) -> None:
         """Undo the last n accepted tokens (a runaway value cut back)."""
         self.discard()
@@ -266,6 +281,11 @@ class LlamaGrammarConstraint(_Timed):
 
     def discard(self) -> None:
         """Nothing to undo: `choose` consumes nothing here."""
+
+    def allowed_prefix(self, tokens: list[int]) -> int:
+        """Checked on the llguidance matcher that rides along: a draft llama.cpp's sampler would refuse where
+        llguidance allows it is verified and then not taken (the loop's choice decides), never taken wrongly."""
+        return _allowed_prefix(self.forcer, tokens)
 
     def rollback(self, n: int) -> None:
         """Undo the last n accepted tokens: a fresh llama.cpp grammar sampler replays the rest."""

@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from toolace.errors import GenerationError, InputError
 from toolace.limits import MAX_FAST_FORWARD_TOKENS, MAX_LOOP_CUTS, MAX_MAX_TOKENS
 
@@ -18,6 +20,7 @@ from .budget import BudgetGuard, find_loop, prose_loop, prose_phrase_loop
 from .constraints import Constraint
 from .model import Model
 from .sampling import Sampler, SamplingParams
+from .speculative import Drafter, Speculator
 
 # Where an output token came from (GenerationStats counts each): fast-forward, the model's logits, the budget guard.
 FORCED, SAMPLED, PLANNED = "forced", "sampled", "planned"
@@ -42,6 +45,10 @@ class GenerationStats:
     rolled_back_tokens: int = 0  # decoded, then dropped by those cuts (not in completion_tokens)
     prose_loop: bool = False  # a text answer was ended at a repeated line or sentence (also `truncated`)
     minimum_tokens: int | None = None  # the shortest complete call list for this grammar (None: no call grammar)
+    decodes: int = 0  # llama_decode calls after the prompt (speculation makes fewer than output tokens)
+    drafted_tokens: int = 0  # speculative draft tokens verified (after the grammar cut them; docs/speculative.md)
+    accepted_drafts: int = 0  # ... of which the loop took (the rest were removed from the KV cache)
+    verify_decodes: int = 0  # decodes that carried a draft (logits at every position)
     stop_sequence: str = ""  # the stop string that ended the generation, if one did
     step_grammar_ms: list[float] = field(default_factory=list, repr=False)
 
@@ -73,9 +80,10 @@ class _Decoder:
     """State of one generation: output tokens and text, budget, the guard; each method one kind of step."""
 
     def __init__(self, model: Model, constraint: Constraint | None, guard: BudgetGuard | None, budget: int,
-                 st: GenerationStats, stop: Sequence[str], t0: float) -> None:
+                 st: GenerationStats, stop: Sequence[str], t0: float, spec: Speculator | None = None) -> None:
         self.model, self.constraint, self.guard, self.budget, self.st, self.stop = \
             model, constraint, guard, budget, st, stop
+        self.spec = spec  # speculative decoding: it holds the KV cache ahead of the taken tokens
         self.detok = model.detokenizer()
         self.out: list[int] = []  # output tokens, in order
         self.text = ""
@@ -97,7 +105,7 @@ class _Decoder:
                 self.constraint.accept_forced(tokens)
             else:
                 self.constraint.accept(tokens[0])
-        self.model.eval(tokens)
+        self._eval(tokens)
         self.st.completion_tokens += len(tokens)
         self.out += tokens
         piece = "".join(self.detok.add(t) for t in tokens)
@@ -105,6 +113,16 @@ class _Decoder:
             self.st.first_token_seconds = time.perf_counter() - self.t0
         self.text += piece
         return Chunk(piece, tokens)
+
+    def _eval(self, tokens: list[int]) -> None:
+        if self.spec is None:
+            self.model.eval(tokens)
+            self.st.decodes += 1
+        else:
+            self.spec.evaluate(tokens, self.room - len(tokens))
+
+    def logits(self) -> np.ndarray:
+        return self.model.logits() if self.spec is None else self.spec.logits()
 
     def _count(self, origin: str, n: int) -> None:
         if origin == FORCED:
@@ -156,7 +174,10 @@ class _Decoder:
         for origin in self.origins[len(self.origins) - drop:]:
             self._count(origin, -1)
         del self.origins[len(self.origins) - drop:]
-        self.model.truncate(len(self.model.tokens) - drop)
+        if self.spec is None:
+            self.model.truncate(len(self.model.tokens) - drop)
+        else:
+            self.spec.truncate(self.spec.held - drop)
         if self.constraint is not None:
             self.constraint.rollback(drop)
         assert self.guard is not None
@@ -179,11 +200,13 @@ class _Decoder:
 def generate(model: Model, prompt: Sequence[int], *, constraint: Constraint | None, sampling: SamplingParams,
              max_tokens: int, stop: Sequence[str] = (), fast_forward: bool = True,
              stats: GenerationStats | None = None, call_grammar: CallGrammar | None = None,
-             stop_loops: bool = False) -> Iterator[Chunk]:
+             stop_loops: bool = False, speculative: bool = False, drafter: Drafter | None = None) -> Iterator[Chunk]:
     """Yield chunks of generated text; `stats` (if given) is filled in, finish_reason last. With `call_grammar`
     (the grammar of `constraint`), a call list always completes within the budget; a budget below the shortest
     complete call is refused in required/named mode before anything is evaluated. `stop_loops`: a text answer
-    (not a call list or JSON value) that repeats a line or sentence ends there, truncated."""
+    (not a call list or JSON value) that repeats a line or sentence ends there, truncated. `speculative`: drafts
+    (forced tokens, prompt lookup, or `drafter`'s) are verified several tokens per decode; the tokens chosen are
+    the same (docs/speculative.md)."""
     check_max_tokens(max_tokens)
     sampling.check_vocab(model.n_vocab)  # before any token: a bias on id >= n_vocab would index past the logits
     st = stats if stats is not None else GenerationStats()
@@ -197,10 +220,37 @@ def generate(model: Model, prompt: Sequence[int], *, constraint: Constraint | No
     st.prompt_tokens = len(prompt)
     st.reused_tokens = model.prefill(prompt)
     st.prefill_seconds = time.perf_counter() - t0
-    dec = _Decoder(model, constraint, guard, budget, st, stop, t0)
-    sampler = Sampler(sampling, history=dec.out)  # the penalties count the tokens generated so far
+    spec = Speculator(model, constraint, prompt, model.eog_ids, drafter) if speculative else None
+    dec = _Decoder(model, constraint, guard, budget, st, stop, t0, spec)
     st.finish_reason = "length"
     t_decode = time.perf_counter()
+    try:
+        yield from _steps(dec, Sampler(sampling, history=dec.out), fast_forward, stop_loops)
+        if guard is not None and guard.active and dec.room == 0:
+            if not guard.accepting():
+                raise GenerationError("the call list did not complete within the budget (the reserve must fit: a bug)")
+            if not st.truncated:
+                st.finish_reason = "stop"  # the call list closed on the budget's last token: only end of turn left
+        if st.truncated:
+            st.finish_reason = "length"
+        tail = dec.detok.flush()
+        if tail:
+            yield Chunk(tail, [])
+    finally:  # also when the consumer stops early: the KV cache must hold the taken tokens only
+        if spec is not None:
+            spec.close()
+            st.decodes, st.verify_decodes = spec.decodes, spec.verify_decodes
+            st.drafted_tokens, st.accepted_drafts = spec.drafted, spec.accepted
+    st.decode_seconds = time.perf_counter() - t_decode
+    if constraint is not None:
+        st.rejections = constraint.rejections
+        st.step_grammar_ms = list(constraint.step_ms)
+        st.grammar_seconds = sum(constraint.step_ms) / 1000
+
+
+def _steps(dec: _Decoder, sampler: Sampler, fast_forward: bool, stop_loops: bool) -> Iterator[Chunk]:
+    """The decoding loop: one chunk per step (a sampled token, a forced run or a planned token)."""
+    model, constraint, guard, st = dec.model, dec.constraint, dec.guard, dec.st
     while dec.room > 0:
         forced: list[int] = []
         if constraint is not None and fast_forward:
@@ -209,20 +259,19 @@ def generate(model: Model, prompt: Sequence[int], *, constraint: Constraint | No
         if forced:
             tokens, planned = dec.guarded(forced)
         else:
-            token = sampler.sample(model.logits()) if constraint is None else constraint.choose(model.logits(),
-                                                                                               sampler)
+            token = sampler.sample(dec.logits()) if constraint is None else constraint.choose(dec.logits(), sampler)
             if not st.first_token_seconds:
-                st.first_token_seconds = time.perf_counter() - t0
+                st.first_token_seconds = time.perf_counter() - dec.t0
             if token in model.eog_ids:
                 if constraint is not None:
                     constraint.accept(token)
                 st.finish_reason = "stop"
-                break
+                return
             tokens, planned = dec.guarded([token])
             if planned and constraint is not None:
                 constraint.discard()  # the model's token was checked (maybe consumed) but not taken
         if tokens is None:  # the plan ends the turn here (the grammar accepts)
-            break
+            return
         chunk = dec.emit(tokens, forced=len(tokens) > 1 or (bool(forced) and not planned),
                          origin=PLANNED if planned else FORCED if forced else SAMPLED)
         yield chunk
@@ -233,23 +282,8 @@ def generate(model: Model, prompt: Sequence[int], *, constraint: Constraint | No
         if stop_loops and (guard is None or guard.mode == "text") and \
                 (prose_loop(dec.text, chunk.text) or prose_phrase_loop(dec.out)):
             st.truncated = st.prose_loop = True  # already streamed: the answer ends after the repeat, not before
-            break
+            return
         if dec.hit_stop():
             st.finish_reason = "stop"
             st.stop_sequence = next(s for s in dec.stop if s and s in dec.text)  # which one (Anthropic reports it)
-            break
-    if guard is not None and guard.active and dec.room == 0:
-        if not guard.accepting():
-            raise GenerationError("the call list did not complete within the budget (the reserve must fit: a bug)")
-        if not st.truncated:
-            st.finish_reason = "stop"  # the call list closed on the budget's last token: only end of turn was left
-    if st.truncated:
-        st.finish_reason = "length"
-    tail = dec.detok.flush()
-    if tail:
-        yield Chunk(tail, [])
-    st.decode_seconds = time.perf_counter() - t_decode
-    if constraint is not None:
-        st.rejections = constraint.rejections
-        st.step_grammar_ms = list(constraint.step_ms)
-        st.grammar_seconds = sum(constraint.step_ms) / 1000
+            return

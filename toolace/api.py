@@ -30,6 +30,7 @@ from toolace.runtime.model import Model
 from toolace.runtime.prompt import tool_messages
 from toolace.runtime.refs import resolve_model
 from toolace.runtime.sampling import SamplingParams
+from toolace.runtime.speculative import DEFAULT_SPECULATIVE
 from toolace.surface import CallResult, ChatSurface, StreamEvent
 
 if TYPE_CHECKING:
@@ -134,12 +135,15 @@ class ToolACE(ChatSurface):
                logit_bias: Mapping[int, float] | None = None, stop: Sequence[str] = (),
                fast_forward: bool = True, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
                response_format: ResponseFormat | None = None, stop_loops: bool = True,
+               speculative: bool = DEFAULT_SPECULATIVE,
                cancel: threading.Event | None = None) -> Iterator[StreamEvent]:
         """Generate the next assistant turn, yielding text, each call's name, each closed argument, then done.
         A ToolSet given as `tools` carries its own tool_choice and parallel setting. `response_format`
         (grammars.json_schema.compile_response_format): a text answer is JSON valid under its schema. `cancel`:
         once set, the generation stops after the current token, without a done event. `stop_loops`: a text answer
-        that repeats a line or sentence ends there, truncated (docs/budget.md, "Looping answers")."""
+        that repeats a line or sentence ends there, truncated (docs/budget.md, "Looping answers"). `speculative`:
+        drafts (the grammar's forced tokens, text copied from the conversation) verified several per decode, the
+        same tokens chosen (docs/speculative.md)."""
         sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
                                   logit_bias=logit_bias or {}, frequency_penalty=frequency_penalty,
                                   presence_penalty=presence_penalty)
@@ -162,7 +166,7 @@ class ToolACE(ChatSurface):
                 guarded = CallGrammar(gbnf, guarded.tool_names if guarded else (), True, json=True)
             for chunk in generate(model, prompt, constraint=constraint, sampling=sampling,
                                   max_tokens=max_tokens, stop=stop, fast_forward=fast_forward, stats=stats,
-                                  call_grammar=guarded, stop_loops=stop_loops):
+                                  call_grammar=guarded, stop_loops=stop_loops, speculative=speculative):
                 if cancel is not None and cancel.is_set():
                     return  # the client left: stop before the next token (lock or slot released on the way out)
                 if chunk.retract:  # a runaway value cut back: only text inside one open value, never streamed

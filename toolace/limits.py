@@ -44,6 +44,9 @@ MAX_LOGIT_BIAS_ENTRIES = 1024  # tokens biased per request; each costs an indexe
 MAX_LOGIT_BIAS = 100.0  # |bias| per token, OpenAI's range: ±100 already bans or forces a token
 MAX_PENALTY = 2.0  # |frequency_penalty| and |presence_penalty|, OpenAI's range
 MAX_FAST_FORWARD_TOKENS = 64  # forced tokens appended in one batch
+# Drafted tokens verified in one decode (forced + prompt lookup, docs/speculative.md): each costs a row of logits
+# (n_vocab floats) and its share of the decode; a wrong draft of 8 costs ~2 one-token decodes on 2 CPU cores.
+SPEC_MAX_DRAFT_TOKENS = 8
 MASK_IDS_CACHE_ENTRIES = 32  # grammar masks per generation whose token ids are kept (a model fighting the grammar
 # revisits a few states: digits, string interiors); usually the smaller side of a mask, at most the whole vocabulary
 # as int64 (1 MB at 128k), so <= 32 MB
