@@ -93,8 +93,8 @@ def _options(max_tokens: int, temperature: float, seed: int | None, no_parallel:
 @edge
 def run(question: str, tools_file: str | None, functions_file: str | None, mcp_config: str | None, max_steps: int,
         yes: bool, call_timeout: float, model: str, n_ctx: int, n_gpu_layers: str, engine: str,
-        cache_max_bytes: int | None, kv_type: str, tool_choice: str, max_tokens: int, temperature: float,
-        seed: int | None, no_parallel: bool, as_json: bool) -> None:
+        cache_max_bytes: int | None, kv_type: str, speculative: bool, tool_choice: str, max_tokens: int,
+        temperature: float, seed: int | None, no_parallel: bool, as_json: bool) -> None:
     """Ask QUESTION; run the calls the model makes, feed the results back, until it answers."""
     from toolace.api import ToolACE
 
@@ -107,7 +107,8 @@ def run(question: str, tools_file: str | None, functions_file: str | None, mcp_c
         for w in warnings:
             click.echo(f"warning: {w}", err=True)
         ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine,
-                          cache_max_bytes=cache_max_bytes, kv_type=kv_type)
+                          cache_max_bytes=cache_max_bytes, kv_type=kv_type,
+                          speculative=speculative)
         approve, ask = _hooks(tools, yes)
         result = run_loop(ta, question, tools, tool_choice, max_steps, approve, ask=ask,
                           on_step=None if as_json else _echo_step,
@@ -131,7 +132,7 @@ def run(question: str, tools_file: str | None, functions_file: str | None, mcp_c
 @edge
 def chat(tools_file: str | None, functions_file: str | None, mcp_config: str | None, max_steps: int, yes: bool,
          call_timeout: float, model: str, n_ctx: int, n_gpu_layers: str, engine: str, cache_max_bytes: int | None,
-         kv_type: str, tool_choice: str, max_tokens: int, temperature: float, seed: int | None,
+         kv_type: str, speculative: bool, tool_choice: str, max_tokens: int, temperature: float, seed: int | None,
          no_parallel: bool) -> None:
     """Interactive chat. Calls to --functions/--mcp tools run (after your `y`); for --tools you type the result."""
     from toolace.api import ToolACE
@@ -144,7 +145,8 @@ def chat(tools_file: str | None, functions_file: str | None, mcp_config: str | N
         for w in warnings:
             click.echo(f"warning: {w}", err=True)
         ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine,
-                          cache_max_bytes=cache_max_bytes, kv_type=kv_type)
+                          cache_max_bytes=cache_max_bytes, kv_type=kv_type,
+                          speculative=speculative)
         approve, ask = _hooks(tools, yes)
         history: list[dict[str, Any]] = []
         click.echo("toolace chat: empty line or Ctrl-D quits.")

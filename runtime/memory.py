@@ -4,13 +4,14 @@ the refusal when the machine does not have it (docs/models.md, "Memory").
     weights      the tensor bytes of every part (llama.cpp maps the file; every page is read while loading)
     KV cache     layers x context x (K + V width) at the cache type's bytes per value, for every slot
     compute      what one decode step touches: a PREFILL_CHUNK-token batch against a full context (attention
-                 scores in F32 without flash attention, the mask, the activations) plus one logits row per slot
+                 scores in F32 without flash attention, the mask, the activations) plus the logits rows of a
+                 speculative draft's verification per slot (SPEC_MAX_DRAFT_TOKENS + 1)
     tokenizer    the vocabulary's tables (llama.cpp's and toolace's), per token
 
 llama.cpp reserves its compute buffer for a 512-token batch with 512 logits rows, but toolace never decodes more
-than PREFILL_CHUNK tokens per sequence in one step and reads one logits row, and on the CPU untouched pages of that
-reservation cost no RAM; so the estimate counts what is touched. On a GPU the reservation is real memory: the VRAM
-check counts it at llama.cpp's batch size."""
+than PREFILL_CHUNK tokens per sequence in one step and reads at most a draft's logits rows, and on the CPU untouched
+pages of that reservation cost no RAM; so the estimate counts what is touched. On a GPU the reservation is real
+memory: the VRAM check counts it at llama.cpp's batch size."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from toolace import probes
 from toolace.errors import InputError, ModelFileError, ResourceError
-from toolace.limits import MEMORY_MARGIN_BYTES
+from toolace.limits import MEMORY_MARGIN_BYTES, SPEC_MAX_DRAFT_TOKENS
 
 from ..convert.gguf_check import GGUFArray, GGUFHeader, check_gguf
 from ..convert.gguf_files import local_parts
@@ -149,7 +150,7 @@ def estimate_memory(shape: ModelShape, n_ctx: int, kv_type: str = DEFAULT_KV_TYP
     """RAM for `shape` at `n_ctx` tokens per sequence and `slots` sequences (parallel slots share one context)."""
     step = step_tokens if step_tokens is not None else PREFILL_CHUNK * slots
     return MemoryEstimate(n_ctx, kv_type, slots, shape.weights, kv_cache_bytes(shape, n_ctx, kv_type, slots),
-                          compute_bytes(shape, n_ctx, kv_type, step, slots),
+                          compute_bytes(shape, n_ctx, kv_type, step, slots * (SPEC_MAX_DRAFT_TOKENS + 1)),
                           shape.n_vocab * TOKENIZER_BYTES_PER_TOKEN)
 
 

@@ -12,14 +12,15 @@ draws the same numbers from the same distributions."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from toolace.limits import SPEC_MAX_DRAFT_TOKENS
 
-from .constraints import Constraint
-from .model import Model
+if TYPE_CHECKING:  # typing only: the CLI reads DEFAULT_SPECULATIVE without loading llama.cpp
+    from .constraints import Constraint
+    from .model import Model
 
 DEFAULT_SPECULATIVE = False  # docs/speculative.md, "Default": on once greedy equality is shown on the full BFCL run
 
@@ -107,10 +108,10 @@ class Speculator:
         draft = self._draft(room)
         seq = tokens + draft
         if draft:
-            rows = self.model.eval_rows(seq)
+            rows = self.model.eval_rows(seq, len(tokens) - 1)
             self.verify_decodes += 1
             self.drafted += len(draft)
-            self.current, self.rows, self.pending = rows[len(tokens) - 1], rows[len(tokens):], draft
+            self.current, self.rows, self.pending = rows[0], rows[1:], draft
         else:
             self.model.eval(seq)
             self.current = None

@@ -35,7 +35,7 @@ ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; char
 TOKEN_HEADER = "x-toolace-token"
 RUN_FIELDS = frozenset({"messages", "tool_choice", "allowed_tools", "options", "max_steps"})
 OPTION_FIELDS = frozenset({"max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "logit_bias",
-                           "frequency_penalty", "presence_penalty", "stop_loops"})
+                           "frequency_penalty", "presence_penalty", "stop_loops", "speculative"})
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 # The page loads nothing but its own files and talks to nothing but this server; it may not be framed.
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
@@ -105,6 +105,8 @@ class PageHandlers:
         options = {"max_tokens": max_tokens_of(opts.get("max_tokens"), "options.max_tokens"), **sampling_of(opts)}
         if opts.get("stop_loops") is not None:
             options["stop_loops"] = flag(opts["stop_loops"], "options.stop_loops", True)
+        if opts.get("speculative") is not None:
+            options["speculative"] = flag(opts["speculative"], "options.speculative", True)
         steps = body.get("max_steps", DEFAULT_MAX_STEPS)
         if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
             raise ApiError(400, f"max_steps must be an integer from 1 to {MAX_STEPS}", param="max_steps")

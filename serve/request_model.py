@@ -42,10 +42,11 @@ def engine_request(messages: Any, *, tools: list[dict[str, Any]] | None = None, 
                    parallel_tool_calls: Any = None, response_format: ResponseFormat | None = None,
                    max_tokens: Any = None, stop: Any = None, sampling: dict[str, Any] | None = None,
                    stream: Any = None, n: Any = None, where: dict[str, str] | None = None,
-                   stop_loops: Any = None) -> EngineRequest:
+                   stop_loops: Any = None, speculative: Any = None) -> EngineRequest:
     """Check every field once and build the request. `tools` in the chat form; `where` renames fields in error
     messages to the dialect's own (e.g. {"max_tokens": "options.num_predict"}). `stop_loops` (toolace's own,
-    default true): a text answer that goes round ends there (docs/budget.md, "Looping answers")."""
+    default true): a text answer that goes round ends there (docs/budget.md, "Looping answers"). `speculative`
+    (toolace's own, default the server's): drafts verified several tokens per decode (docs/speculative.md)."""
     names = {"messages": "messages", "tool_choice": "tool_choice", "parallel_tool_calls": "parallel_tool_calls",
              "max_tokens": "max_tokens", "stop": "stop", "stream": "stream", "n": "n", **(where or {})}
     if not isinstance(messages, list) or not messages:
@@ -59,6 +60,8 @@ def engine_request(messages: Any, *, tools: list[dict[str, Any]] | None = None, 
                    response_format=response_format, **sampling_of(sampling or {}))
     if stop_loops is not None:  # else ToolACE.stream's default (on); raw completions never take it
         options["stop_loops"] = flag(stop_loops, "stop_loops", True)
+    if speculative is not None:  # else the server's default (`toolace serve --no-speculative`)
+        options["speculative"] = flag(speculative, "speculative", True)
     return EngineRequest(messages, toolset, options, flag(stream, names["stream"], False), n_of(n, names["n"]))
 
 

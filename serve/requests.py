@@ -89,7 +89,8 @@ def chat_request(body: dict[str, Any]) -> EngineRequest:
                          tools=body.get("tools") or None, tool_choice=body.get("tool_choice"),
                          parallel_tool_calls=body.get("parallel_tool_calls"), response_format=fmt,
                          max_tokens=max_tokens_in(body), stop=body.get("stop"), sampling=body,
-                         stream=body.get("stream"), n=body.get("n"), stop_loops=body.get("stop_loops"))
+                         stream=body.get("stream"), n=body.get("n"), stop_loops=body.get("stop_loops"),
+                         speculative=body.get("speculative"))
     stream_opts = body.get("stream_options") or {}
     req.include_usage = isinstance(stream_opts, dict) and bool(stream_opts.get("include_usage"))
     return req

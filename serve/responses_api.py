@@ -20,7 +20,8 @@ from .structured import text_format
 
 HONOURED = {"model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "text",
             "max_output_tokens", "temperature", "top_p", "previous_response_id", "store", "stream",
-            "stop_loops"}  # toolace's own: false keeps a looping text answer going (docs/budget.md)
+            "stop_loops",  # toolace's own: false keeps a looping text answer going (docs/budget.md)
+            "speculative"}  # toolace's own: false decodes without drafts (docs/speculative.md)
 # Fields that cannot change the answer: accepted, echoed where the Response object has a place for them.
 IGNORED = {"metadata", "user", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "service_tier",
            "stream_options"}
@@ -173,7 +174,7 @@ def responses_request(body: dict[str, Any], store: ResponseStore) -> EngineReque
                          response_format=text_format(body.get("text")), max_tokens=limit,
                          sampling={"temperature": body.get("temperature"), "top_p": body.get("top_p")},
                          stream=body.get("stream"), where={"max_tokens": "max_output_tokens"},
-                         stop_loops=body.get("stop_loops"))
+                         stop_loops=body.get("stop_loops"), speculative=body.get("speculative"))
     req.echo = {"instructions": instructions, "tools": body.get("tools") or [], "tool_choice": body.get("tool_choice")
                 or "auto", "parallel_tool_calls": flag(body.get("parallel_tool_calls"), "parallel_tool_calls", True),
                 "temperature": req.options["temperature"], "top_p": req.options["top_p"], "max_output_tokens": limit,

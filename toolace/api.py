@@ -47,7 +47,8 @@ class ToolACE(ChatSurface):
     step, and a call waits only for a free slot. The tool-set cache and the call memory have locks of their own."""
 
     def __init__(self, model: Model, engine: str = DEFAULT_ENGINE, tool_role: str | None = None,
-                 kv_cache: bool = True, parallel: int = 1, cache_max_bytes: int | None = None) -> None:
+                 kv_cache: bool = True, parallel: int = 1, cache_max_bytes: int | None = None,
+                 speculative: bool = DEFAULT_SPECULATIVE) -> None:
         if engine not in ENGINES:
             raise InputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.model, self.engine = model, engine
@@ -58,24 +59,26 @@ class ToolACE(ChatSurface):
         self.cache = PromptCache(model, max_bytes=cache_max_bytes) if kv_cache else None
         self.lock = threading.Lock()
         self.batcher = Batcher(model, parallel) if parallel > 1 or not model.own_context else None
+        self.speculative = speculative  # the default of stream's `speculative` (`--no-speculative`)
 
     @classmethod
     def load(cls, model: str | Path = "demo", n_ctx: int = DEFAULT_N_CTX, n_gpu_layers: int | str = "auto",
              n_threads: int | None = None, engine: str = DEFAULT_ENGINE, tool_role: str | None = None,
              kv_cache: bool = True, parallel: int = 1, cache_max_bytes: int | None = None,
-             kv_type: str = DEFAULT_KV_TYPE) -> ToolACE:
+             kv_type: str = DEFAULT_KV_TYPE, speculative: bool = DEFAULT_SPECULATIVE) -> ToolACE:
         """Load a model reference (path, 'demo', or a pulled name). kv_cache persists tool-prompt KV to disk, in
         at most cache_max_bytes (None: DEFAULT_CACHE_TOKENS of this model's KV state; docs/design.md, "Caches").
         parallel: sequences decoded together (slots of n_ctx tokens each; docs/parallel.md). kv_type: f16, q8_0
         or q4_0 K/V cache (the quantized ones turn flash attention on). The model's memory at this context is
-        checked against the machine's before llama.cpp allocates it (ResourceError; docs/models.md, "Memory")."""
+        checked against the machine's before llama.cpp allocates it (ResourceError; docs/models.md, "Memory").
+        speculative: the default of each call's `speculative` (docs/speculative.md)."""
         check_parallel(parallel)
         if cache_max_bytes is not None:
             check_cache_max_bytes(cache_max_bytes)  # before the model loads: a bad flag fails fast
         return cls(Model(resolve_model(model), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
                          own_context=parallel == 1, kv_type=kv_type, kv_slots=parallel),
                    engine=engine, tool_role=tool_role, kv_cache=kv_cache, parallel=parallel,
-                   cache_max_bytes=cache_max_bytes)
+                   cache_max_bytes=cache_max_bytes, speculative=speculative)
 
     @classmethod
     def connect(cls, base_url: str, api_key: str | None = None, model: str | None = None) -> RemoteToolACE:
@@ -135,7 +138,7 @@ class ToolACE(ChatSurface):
                logit_bias: Mapping[int, float] | None = None, stop: Sequence[str] = (),
                fast_forward: bool = True, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
                response_format: ResponseFormat | None = None, stop_loops: bool = True,
-               speculative: bool = DEFAULT_SPECULATIVE,
+               speculative: bool | None = None,
                cancel: threading.Event | None = None) -> Iterator[StreamEvent]:
         """Generate the next assistant turn, yielding text, each call's name, each closed argument, then done.
         A ToolSet given as `tools` carries its own tool_choice and parallel setting. `response_format`
@@ -143,7 +146,7 @@ class ToolACE(ChatSurface):
         once set, the generation stops after the current token, without a done event. `stop_loops`: a text answer
         that repeats a line or sentence ends there, truncated (docs/budget.md, "Looping answers"). `speculative`:
         drafts (the grammar's forced tokens, text copied from the conversation) verified several per decode, the
-        same tokens chosen (docs/speculative.md)."""
+        same tokens chosen (docs/speculative.md); None: the instance's default."""
         sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
                                   logit_bias=logit_bias or {}, frequency_penalty=frequency_penalty,
                                   presence_penalty=presence_penalty)
@@ -166,7 +169,8 @@ class ToolACE(ChatSurface):
                 guarded = CallGrammar(gbnf, guarded.tool_names if guarded else (), True, json=True)
             for chunk in generate(model, prompt, constraint=constraint, sampling=sampling,
                                   max_tokens=max_tokens, stop=stop, fast_forward=fast_forward, stats=stats,
-                                  call_grammar=guarded, stop_loops=stop_loops, speculative=speculative):
+                                  call_grammar=guarded, stop_loops=stop_loops,
+                                  speculative=self.speculative if speculative is None else speculative):
                 if cancel is not None and cancel.is_set():
                     return  # the client left: stop before the next token (lock or slot released on the way out)
                 if chunk.retract:  # a runaway value cut back: only text inside one open value, never streamed

@@ -74,8 +74,8 @@ def print_result(result: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @edge
 def call(question: str, tools_file: str, model: str, n_ctx: int, n_gpu_layers: str, engine: str,
-         cache_max_bytes: int | None, kv_type: str, tool_choice: str, max_tokens: int, temperature: float,
-         seed: int | None, no_parallel: bool, as_json: bool) -> None:
+         cache_max_bytes: int | None, kv_type: str, speculative: bool, tool_choice: str, max_tokens: int,
+         temperature: float, seed: int | None, no_parallel: bool, as_json: bool) -> None:
     """Ask QUESTION with the functions in --tools; print the (guaranteed valid) calls or the text answer."""
     from toolace.api import ToolACE
     from toolace.grammars.schema import read_tools_file
@@ -86,7 +86,7 @@ def call(question: str, tools_file: str, model: str, n_ctx: int, n_gpu_layers: s
     for warning in toolset.grammar.warnings:  # tools left out of the grammar: the others still work
         click.echo(f"warning: {warning}", err=True)
     ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine, cache_max_bytes=cache_max_bytes,
-                      kv_type=kv_type)
+                      kv_type=kv_type, speculative=speculative)
     result = ta.call(question, toolset, max_tokens=max_tokens, temperature=temperature, seed=seed)
     if as_json:
         click.echo(json.dumps(result.as_dict(), ensure_ascii=False))

@@ -10,6 +10,7 @@ import click
 
 from toolace.limits import DEFAULT_MAX_TOKENS, DEFAULT_N_CTX
 from toolace.runtime.kv_types import DEFAULT_KV_TYPE, KV_TYPE_HELP, KV_TYPES
+from toolace.runtime.speculative import DEFAULT_SPECULATIVE
 
 
 def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -27,6 +28,9 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                           "beyond it. Default: 32,768 tokens of the model's KV state (4 GiB for an 8B model)."),
         click.option("--kv-type", type=click.Choice(list(KV_TYPES)), default=DEFAULT_KV_TYPE, show_default=True,
                      help=KV_TYPE_HELP),
+        click.option("--speculative/--no-speculative", default=DEFAULT_SPECULATIVE, show_default=True,
+                     help="Verify drafts (forced text, text copied from the conversation) several tokens per decode; "
+                          "the same output (docs/speculative.md)."),
     ]):
         fn = opt(fn)
     return fn
