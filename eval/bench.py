@@ -1,8 +1,9 @@
 """`toolace bench`: the runtime's numbers, each with its spread over repeated runs, ratios from the same run.
 
 Grammar cost per token (median, p99) for each engine against unconstrained decoding and llama-cpp-python's default
-`grammar=` path; end-to-end latency of one BFCL call constrained (with fast-forward) ÷ unconstrained; TTFT cold /
-warm / disk-warm with a ~2k-token tool list; prompt and decode speed; load time; peak RSS."""
+`grammar=` path; end-to-end latency of one BFCL call constrained (with fast-forward) ÷ unconstrained, and with
+speculation too (acceptance rate, tokens per decode, and its cost on prose; docs/speculative.md); TTFT cold / warm /
+disk-warm with a ~2k-token tool list; prompt and decode speed; load time; peak RSS."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from toolace.runtime.refs import resolve_model
 from toolace.runtime.sampling import SamplingParams
 
 TTFT_TOOL_TOKENS = 2000  # the tool list size the warm-TTFT target is stated for
+# Prose for speculation's cost where nothing is copied: an answer that repeats nothing from its prompt.
+PROSE_MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper who finds a map."}]
 GREEDY = SamplingParams()
 
 
@@ -64,12 +67,12 @@ def _big_toolset(ta: Any, data: Path | None, target: int) -> list[dict[str, Any]
 
 
 def _decode(model: Model, prompt: list[int], gbnf: str | None, engine: str, max_tokens: int,
-            fast_forward: bool) -> GenerationStats:
+            fast_forward: bool, speculative: bool = False) -> GenerationStats:
     model.reset()
     st = GenerationStats()
     constraint = make_constraint(engine, model, gbnf) if gbnf else None
     for _ in generate(model, prompt, constraint=constraint, sampling=GREEDY, max_tokens=max_tokens,
-                      fast_forward=fast_forward, stats=st):
+                      fast_forward=fast_forward, stats=st, speculative=speculative):
         pass
     return st
 
@@ -165,6 +168,7 @@ def bench(model: str = "demo", data: str | None = None, json_out: str | None = N
     report["e2e_call"] = {"free_seconds": t_free, "constrained_ff_seconds": t_ff, "ratio": t_ff / t_free,
                           "free_tokens": e2e_free[0].completion_tokens, "ff_tokens": e2e_ff[0].completion_tokens,
                           "forced_share": e2e_ff[0].forced_tokens / max(1, e2e_ff[0].completion_tokens)}
+    report["speculation"] = _speculation(ta, prompt, gbnf, max_tokens, runs, t_free)
     report["ttft"] = _ttft(path, data_dir, n_ctx, runs)
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if json_out:
@@ -173,6 +177,29 @@ def bench(model: str = "demo", data: str | None = None, json_out: str | None = N
     if plot:
         _plot(report, plot)
     return report
+
+
+def _speculation(ta: Any, prompt: list[int], gbnf: str, max_tokens: int, runs: int, t_free: float) -> dict[str, Any]:
+    """The BFCL call constrained + fast-forward + speculation ÷ unconstrained, with its acceptance rate and tokens
+    per decode; and prose (nothing to copy) with speculation ÷ without, interleaved."""
+    m = ta.model
+    spec = [_decode(m, prompt, gbnf, "llguidance", max_tokens, True, speculative=True) for _ in range(runs)]
+    t_spec = statistics.median(s.prefill_seconds + s.decode_seconds for s in spec)
+    prose_prompt = ta.prompt_tokens(PROSE_MESSAGES, None)
+    plain_prose, spec_prose = [], []
+    for _ in range(runs):
+        plain_prose.append(_decode(m, prose_prompt, None, "llguidance", 4 * max_tokens, False))
+        spec_prose.append(_decode(m, prose_prompt, None, "llguidance", 4 * max_tokens, False, speculative=True))
+    t_plain = statistics.median(s.decode_seconds for s in plain_prose)
+    t_prose = statistics.median(s.decode_seconds for s in spec_prose)
+    s0, p0 = spec[0], spec_prose[0]
+    return {"constrained_ff_spec_seconds": t_spec, "ratio": t_spec / t_free, "tokens": s0.completion_tokens,
+            "decodes": s0.decodes, "tokens_per_decode": s0.completion_tokens / max(1, s0.decodes),
+            "drafted": s0.drafted_tokens, "accepted": s0.accepted_drafts,
+            "acceptance_rate": s0.accepted_drafts / max(1, s0.drafted_tokens),
+            "prose": {"tokens": p0.completion_tokens, "plain_seconds": t_plain, "spec_seconds": t_prose,
+                      "slowdown": t_prose / t_plain - 1, "drafted": p0.drafted_tokens,
+                      "accepted": p0.accepted_drafts}}
 
 
 def _ttft(path: Path, data: Path | None, n_ctx: int, runs: int) -> dict[str, Any]:
@@ -250,7 +277,7 @@ def summary(report: dict[str, Any]) -> str:
     """The headline figures as a few readable lines."""
     g = report["grammar_ms_per_token"]
     base = g["llama_cpp_python_default"]["grammar_cost_ms_per_token"]
-    e2e, t = report["e2e_call"], report["ttft"]
+    e2e, t, sp = report["e2e_call"], report["ttft"], report["speculation"]
     lines = [f"model {report['model']} (vocab {report['n_vocab']}, gpu layers {report['n_gpu_layers']}, "
              f"{report['threads']} of {report['usable_cores']} cores)"]
     for engine in ENGINES:
@@ -262,6 +289,9 @@ def summary(report: dict[str, Any]) -> str:
               f"{report['decode_tok_per_s']['raw_llama_cpp']['median']:.1f} tok/s (ours / raw "
               f"{report['runtime_over_raw']:.3f})",
               f"e2e BFCL call constrained+ff / free: {e2e['ratio']:.3f} (forced share {e2e['forced_share']:.0%})",
+              f"e2e BFCL call constrained+ff+speculation / free: {sp['ratio']:.3f} (acceptance "
+              f"{sp['acceptance_rate']:.0%}, {sp['tokens_per_decode']:.2f} tokens per decode); prose with "
+              f"speculation {sp['prose']['slowdown']:+.1%}",
               f"TTFT {t['tool_prompt_tokens']}-token tools: cold {t['cold_seconds']:.3f} s, "
               f"warm/cold {t['warm_over_cold']:.3f}, disk-warm/cold {t['disk_warm_over_cold']:.3f}",
               f"peak RSS {report['peak_rss_mb']:.0f} MB, load {report['load_seconds']:.2f} s"]

@@ -26,7 +26,7 @@ DEFAULT_SPECULATIVE = False  # docs/speculative.md, "Default": on once greedy eq
 
 # Tuning (not limits): the lookup's draft length K adapts to how much of its drafts the model takes.
 LOOKUP_MAX_NGRAM = 4  # the longest suffix of the output looked up in the context (longer matches are preferred)
-START_K = 4  # lookup tokens drafted at first
+START_K = SPEC_MAX_DRAFT_TOKENS  # lookup tokens drafted at first: a copied value is copied whole
 ACCEPT_WEIGHT = 0.3  # weight of the newest verification in the moving acceptance rate
 # Below this acceptance rate the lookup pauses: a rejected lookup token costs a row of a decode and gains nothing.
 # On prose the rate falls below it after a few tries; each pause is longer than the last (PAUSE_START, doubling, up
