@@ -10,16 +10,20 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 # the instruction sets ourselves: AVX2/FMA/F16C always, and AVX-512 (with VNNI, VBMI, BF16) where this CPU has it,
 # which is about twice as fast on CPUs that have it; never AMX. Elsewhere (Apple silicon, arm64) llama.cpp's
 # defaults are right.
+# Without llamafile's tinyBLAS (used by ggml-cpu for matmuls of 2+ rows, F16/F32/BF16/Q8_0/Q4_0) a row of a batch is
+# computed as a one-token decode computes it, bit for bit: speculative verification then changes no output
+# (docs/speculative.md, "Why identical"). Its cost is in prompt speed on those types; K-quants never used it.
+BATCH_INVARIANT := -DGGML_LLAMAFILE=OFF
 ifeq ($(shell uname -m),x86_64)
 CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
 has = $(filter $(1),$(CPU_FLAGS))
 AVX512 := $(and $(call has,avx512f),$(call has,avx512bw),$(call has,avx512vl),$(call has,avx512dq),$(call has,avx512cd))
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+LLAMA_CMAKE_ARGS ?= $(BATCH_INVARIANT) -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
 	$(if $(call has,avx_vnni),-DGGML_AVX_VNNI=ON) $(if $(AVX512),-DGGML_AVX512=ON \
 	$(if $(call has,avx512_vnni),-DGGML_AVX512_VNNI=ON) $(if $(call has,avx512vbmi),-DGGML_AVX512_VBMI=ON) \
 	$(if $(call has,avx512_bf16),-DGGML_AVX512_BF16=ON))
 else
-LLAMA_CMAKE_ARGS ?=
+LLAMA_CMAKE_ARGS ?= $(BATCH_INVARIANT)
 endif
 WHEEL_KEY := $(shell uname -m)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 # pip's own wheel cache ignores CMAKE_ARGS (a wheel built with other flags would be reused), so the wheel is built

@@ -20,7 +20,7 @@ from .budget import BudgetGuard, find_loop, prose_loop, prose_phrase_loop
 from .constraints import Constraint
 from .model import Model
 from .sampling import Sampler, SamplingParams
-from .speculative import Drafter, Speculator
+from .speculative import Drafter, Speculator, rows_equal_single_decodes
 
 # Where an output token came from (GenerationStats counts each): fast-forward, the model's logits, the budget guard.
 FORCED, SAMPLED, PLANNED = "forced", "sampled", "planned"
@@ -46,6 +46,7 @@ class GenerationStats:
     prose_loop: bool = False  # a text answer was ended at a repeated line or sentence (also `truncated`)
     minimum_tokens: int | None = None  # the shortest complete call list for this grammar (None: no call grammar)
     decodes: int = 0  # llama_decode calls after the prompt (speculation makes fewer than output tokens)
+    speculative: bool = False  # speculation ran (asked for, and this model's batched rows equal one-token decodes)
     drafted_tokens: int = 0  # speculative draft tokens verified (after the grammar cut them; docs/speculative.md)
     accepted_drafts: int = 0  # ... of which the loop took (the rest were removed from the KV cache)
     verify_decodes: int = 0  # decodes that carried a draft (logits at every position)
@@ -216,11 +217,14 @@ def generate(model: Model, prompt: Sequence[int], *, constraint: Constraint | No
         guard = BudgetGuard(model, call_grammar.gbnf, call_grammar.tool_names, call_grammar.calls_only, max_tokens,
                             model.n_ctx - len(prompt), call_grammar.json)
         st.minimum_tokens = guard.minimum
+    # Only where a batched row equals a one-token decode (probed once per model, before the prefill it disturbs):
+    # elsewhere speculation would change the output, so it is off and the stats say so.
+    st.speculative = speculative and rows_equal_single_decodes(model)
     t0 = time.perf_counter()
     st.prompt_tokens = len(prompt)
     st.reused_tokens = model.prefill(prompt)
     st.prefill_seconds = time.perf_counter() - t0
-    spec = Speculator(model, constraint, prompt, model.eog_ids, drafter) if speculative else None
+    spec = Speculator(model, constraint, prompt, model.eog_ids, drafter) if st.speculative else None
     dec = _Decoder(model, constraint, guard, budget, st, stop, t0, spec)
     st.finish_reason = "length"
     t_decode = time.perf_counter()

@@ -12,7 +12,8 @@ draws the same numbers from the same distributions."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -34,6 +35,37 @@ ACCEPT_WEIGHT = 0.3  # weight of the newest verification in the moving acceptanc
 MIN_ACCEPT_RATE = 0.35
 PAUSE_START = 8
 PAUSE_MAX = 256
+
+
+# The rows-equal-single-decodes probe (docs/speculative.md, "Why identical"): a fixed text, its last PROBE_ROWS tokens
+# decoded one at a time and then in one decode with logits at each; speculation runs only where they are bit-equal.
+PROBE_TEXT = "Find the user named Alice Smith, then list the orders of user 4217 placed since 2024-01-01."
+PROBE_ROWS = SPEC_MAX_DRAFT_TOKENS + 1  # a verification's rows: the loop's last token and a full draft
+_PROBED: WeakKeyDictionary[Any, dict[str, bool]] = WeakKeyDictionary()
+
+
+def rows_equal_single_decodes(model: Model) -> bool:
+    """Whether this model's batched rows are bit-equal to one-token decodes (checked once per model and context
+    kind; it empties the sequence's KV cache, so call it before a prefill). Where they are not, a kernel chosen by
+    batch size (llama.cpp's tinyBLAS, the CPU repack or tiled matmuls, GPU kernels) rounds differently, and a
+    verified draft would change later tokens: speculation stays off there."""
+    base = getattr(model, "base", model)
+    verdicts = _PROBED.setdefault(base, {})
+    kind = model.STATE_KIND
+    if kind not in verdicts:
+        tokens = model.tokenize(PROBE_TEXT, special=False)
+        head, tail = tokens[: len(tokens) - PROBE_ROWS], tokens[len(tokens) - PROBE_ROWS:]
+        model.reset()
+        model.eval(head)
+        singles = []
+        for t in tail:
+            model.eval([t])
+            singles.append(np.array(model.logits(), copy=True))
+        model.truncate(len(head))
+        rows = model.eval_rows(tail, 0)
+        verdicts[kind] = all(np.array_equal(a, b) for a, b in zip(singles, rows, strict=True))
+        model.reset()
+    return verdicts[kind]
 
 
 class Drafter(Protocol):

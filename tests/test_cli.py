@@ -99,7 +99,7 @@ def test_bench_runs_every_figure_and_writes_json_and_png(smollm2_gguf: Path, bfc
     assert report["e2e_call"]["ratio"] > 0 and report["ttft"]["tool_prompt_tokens"] >= 2000
     assert report["ttft"]["warm_over_cold"] < 1 and report["peak_rss_mb"] > 0
     sp = report["speculation"]  # a decode carries one token or more; prose measured both ways
-    assert sp["ratio"] > 0 and 1 <= sp["tokens_per_decode"] and sp["decodes"] <= sp["tokens"]
+    assert sp["ratio"] > 0 and sp["tokens_per_decode"] >= 1 and sp["decodes"] <= sp["tokens"]
     assert sp["prose"]["plain_seconds"] > 0 and sp["prose"]["spec_seconds"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert res.output.splitlines()[0].startswith(f"model {smollm2_gguf}")
