@@ -16,6 +16,7 @@ import pytest
 
 from toolace.api import ToolACE
 from toolace.eval.bfcl import load_questions
+from toolace.runtime.chunks import PREFILL_CHUNK
 from toolace.runtime.constraints import make_constraint
 from toolace.runtime.generate import CallGrammar, GenerationStats, generate
 from toolace.runtime.sampling import SamplingParams
@@ -70,7 +71,8 @@ class FixedDrafter:
 
 
 def run(ta: ToolACE, question: str, choice: str, *, speculative: bool, drafter: Any = None, max_tokens: int = 40,
-        sampling: SamplingParams | None = None, model: Any = None) -> tuple[str, list[int], GenerationStats]:
+        sampling: SamplingParams | None = None, model: Any = None,
+        guard: bool = True) -> tuple[str, list[int], GenerationStats]:
     """One generation through the engine (as ToolACE.stream runs it), with an optional drafter."""
     toolset = ta.toolset(TOOLS, choice)
     prompt = ta.prompt_tokens([{"role": "user", "content": question}], toolset.tools)
@@ -78,7 +80,8 @@ def run(ta: ToolACE, question: str, choice: str, *, speculative: bool, drafter: 
     st = GenerationStats()
     chunks = list(generate(model or ta.model, prompt, constraint=make_constraint("llguidance", ta.model, gbnf),
                            sampling=sampling or SamplingParams(), max_tokens=max_tokens, stats=st,
-                           call_grammar=CallGrammar(gbnf, tuple(t.name for t in toolset.tools), toolset.calls_only),
+                           call_grammar=CallGrammar(gbnf, tuple(t.name for t in toolset.tools), toolset.calls_only)
+                           if guard else None,
                            speculative=speculative, drafter=drafter))
     return "".join(c.text for c in chunks), [t for c in chunks for t in c.tokens], st
 
@@ -149,7 +152,11 @@ def test_sampling_keeps_its_distribution(smol: ToolACE) -> None:
     the same value (a point-mass draft): over many seeds its frequencies match the exact probabilities (chi-square),
     and each seed gives the output it gives without speculation."""
     toolset = smol.toolset(TOOLS, "set_unit")
-    prompt = smol.prompt_tokens([{"role": "user", "content": "Pick any unit you like."}], toolset.tools)
+    question = "Pick any unit you like."
+    prompt = smol.prompt_tokens([{"role": "user", "content": question}], toolset.tools)
+    while len(prompt) % PREFILL_CHUNK != 1:  # each run then reuses every prompt chunk and evaluates one token
+        question += " ok"
+        prompt = smol.prompt_tokens([{"role": "user", "content": question}], toolset.tools)
     constraint = make_constraint("llguidance", smol.model, toolset.grammar.gbnf)
     prefix = constraint.forced_tokens()  # `[set_unit(unit='`: the value's first token is the first choice
     smol.model.prefill(prompt + prefix[:-1])
@@ -157,26 +164,38 @@ def test_sampling_keeps_its_distribution(smol: ToolACE) -> None:
     assert constraint.matcher.consume_tokens(prefix)
     constraint.masks.fill()
     allowed, refused = constraint.masks.resolve()
-    assert not refused and 1 < allowed.size < 16  # a tiny vocabulary: the enum values' first tokens
+    assert not refused and 1 < allowed.size < 64  # a tiny vocabulary: a quote, the enum values' first pieces
     logits = smol.model.logits()[allowed].astype(np.float64)
     p = np.exp(logits - logits.max())
     p /= p.sum()
-    favourite = [int(allowed[np.argmin(p)])]  # the draft: the least likely value, every time
-    seeds = 300
+    favourite = [int(allowed[np.argsort(p)[-2]])]  # the draft, every time: the second most likely token
+    seeds = 240
     firsts: Counter[int] = Counter()
-    for seed in range(seeds):
+    for seed in range(seeds):  # the guard is left out: the first choice is the model's own at any budget
         params = SamplingParams(temperature=1.0, seed=seed)
-        text, tokens, st = run(smol, "Pick any unit you like.", "set_unit", speculative=True,
-                               drafter=FixedDrafter(favourite), sampling=params, max_tokens=16)
-        if seed < 20:
-            assert (text, tokens) == run(smol, "Pick any unit you like.", "set_unit", speculative=False,
-                                         sampling=params, max_tokens=16)[:2]
+        text, tokens, st = run(smol, question, "set_unit", speculative=True, drafter=FixedDrafter(favourite),
+                               sampling=params, max_tokens=len(prefix) + 1, guard=False)
+        assert st.speculative and st.verify_decodes == 1  # the forced run and the draft, in one decode
+        if seed < 10:
+            assert (text, tokens) == run(smol, question, "set_unit", speculative=False, sampling=params,
+                                         max_tokens=len(prefix) + 1, guard=False)[:2]
         firsts[tokens[len(prefix)]] += 1
     assert set(firsts) <= {int(t) for t in allowed}
     expected = p * seeds
-    chi2 = sum((firsts[int(t)] - e) ** 2 / e for t, e in zip(allowed, expected, strict=True) if e >= 1)
-    assert chi2 < 16.3  # chi-square, < 4 degrees of freedom, p = 0.001
-    assert firsts[favourite[0]] < seeds / 2  # accepting the draft whenever proposed would give it every seed
+    big = expected >= 5  # bins of at least 5 expected; the rest pooled
+    observed = [firsts[int(t)] for t in allowed[big]] + [seeds - sum(firsts[int(t)] for t in allowed[big])]
+    wanted = list(expected[big]) + [seeds - expected[big].sum()]
+    if wanted[-1] < 5:
+        observed, wanted = observed[:-1], wanted[:-1]
+    assert len(wanted) >= 2 and big[np.argsort(p)[-2]]  # the drafted token has a bin of its own
+    chi2 = sum((o - e) ** 2 / e for o, e in zip(observed, wanted, strict=True))
+    assert chi2 < chi2_999(len(wanted) - 1), (chi2, observed, wanted)
+
+
+def chi2_999(df: int) -> float:
+    """The chi-square distribution's 0.999 quantile (Wilson-Hilferty; within 2% from 1 degree of freedom on)."""
+    z = 3.090
+    return df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3
 
 
 def _bfcl_sample(bfcl_dir: Path, n: int) -> list[Any]:
@@ -236,3 +255,25 @@ def test_the_request_field_is_a_boolean(value: Any, ok: bool) -> None:
         return
     options = engine_request(messages, speculative=value).options
     assert options.get("speculative", "server default") == ("server default" if value is None else value)
+
+
+# (case, question, tool_choice, call options): the ways a generation ends early must end it at the same token
+EARLY_ENDS = [
+    ("budget reserve cuts the value", f"Find the user named {NAME}.", "find_user", {"max_tokens": 10}),
+    ("runaway value cut back", "Find the user named " + "Lo" * 40, "find_user", {"max_tokens": 24}),
+    ("stop string inside a copied name", f"Find the user named {NAME}.", "find_user", {"stop": ["Montgomery"]}),
+    ("prose loop stop", "Say 'The function should return the converted time in Tokyo.' five times, one per line.",
+     "none", {"max_tokens": 120}),
+]
+
+
+@pytest.mark.parametrize("case,question,choice,options", EARLY_ENDS, ids=[c[0] for c in EARLY_ENDS])
+def test_early_ends_are_those_without_speculation(smol: ToolACE, case: str, question: str, choice: str,
+                                                  options: dict[str, Any]) -> None:
+    plain = smol.call(question, TOOLS, choice, speculative=False, **options)
+    spec = smol.call(question, TOOLS, choice, speculative=True, **options)
+    assert spec.stats.speculative
+    assert (spec.raw, spec.finish_reason, spec.truncated) == (plain.raw, plain.finish_reason, plain.truncated), case
+    for field in ("completion_tokens", "loop_cuts", "rolled_back_tokens", "planned_tokens", "stop_sequence",
+                  "prose_loop"):
+        assert getattr(spec.stats, field) == getattr(plain.stats, field), field
