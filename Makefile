@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+# The stamp names the llama.cpp build flags' key (WHEEL_KEY, below): a venv holding another build is reinstalled.
+STAMP = $(VENV)/.installed-$(WHEEL_KEY)
 LLAMA_CPP_PIN := llama-cpp-python==0.3.36
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 # llama.cpp's default build is -march=native, which compiles in every instruction the build machine's CPU reports.

@@ -160,15 +160,7 @@ def bench(model: str = "demo", data: str | None = None, json_out: str | None = N
         report.setdefault("outputs", {})[engine] = [s.completion_tokens for s in stats]
     report["grammar_ms_per_token"]["llama_cpp_python_default"] = _baseline_grammar_path(m, prompt, gbnf, max_tokens)
 
-    # One BFCL call end to end: constrained with fast-forward vs unconstrained (same prompt, greedy).
-    e2e_free = [_decode(m, prompt, None, "llguidance", max_tokens, False) for _ in range(runs)]
-    e2e_ff = [_decode(m, prompt, gbnf, "llguidance", max_tokens, True) for _ in range(runs)]
-    t_free = statistics.median(s.prefill_seconds + s.decode_seconds for s in e2e_free)
-    t_ff = statistics.median(s.prefill_seconds + s.decode_seconds for s in e2e_ff)
-    report["e2e_call"] = {"free_seconds": t_free, "constrained_ff_seconds": t_ff, "ratio": t_ff / t_free,
-                          "free_tokens": e2e_free[0].completion_tokens, "ff_tokens": e2e_ff[0].completion_tokens,
-                          "forced_share": e2e_ff[0].forced_tokens / max(1, e2e_ff[0].completion_tokens)}
-    report["speculation"] = _speculation(ta, prompt, gbnf, max_tokens, runs, t_free)
+    report["e2e_call"], report["speculation"] = _e2e(ta, prompt, gbnf, max_tokens, runs)
     report["ttft"] = _ttft(path, data_dir, n_ctx, runs)
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if json_out:
@@ -179,27 +171,43 @@ def bench(model: str = "demo", data: str | None = None, json_out: str | None = N
     return report
 
 
-def _speculation(ta: Any, prompt: list[int], gbnf: str, max_tokens: int, runs: int, t_free: float) -> dict[str, Any]:
-    """The BFCL call constrained + fast-forward + speculation ÷ unconstrained, with its acceptance rate and tokens
-    per decode; and prose (nothing to copy) with speculation ÷ without, interleaved."""
+def _e2e(ta: Any, prompt: list[int], gbnf: str, max_tokens: int, runs: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One BFCL call end to end (same prompt, greedy): unconstrained, constrained with fast-forward, and with
+    speculation too, interleaved so the three see the same machine; time with the prompt's prefill and decode
+    alone (the prefill is the same work for all three). Then prose (nothing to copy) with speculation ÷ without."""
     m = ta.model
-    spec = [_decode(m, prompt, gbnf, "llguidance", max_tokens, True, speculative=True) for _ in range(runs)]
-    t_spec = statistics.median(s.prefill_seconds + s.decode_seconds for s in spec)
+    free, ff, spec = [], [], []
+    for _ in range(runs):
+        free.append(_decode(m, prompt, None, "llguidance", max_tokens, False))
+        ff.append(_decode(m, prompt, gbnf, "llguidance", max_tokens, True))
+        spec.append(_decode(m, prompt, gbnf, "llguidance", max_tokens, True, speculative=True))
+
+    def total(stats: list[GenerationStats]) -> float:
+        return statistics.median(s.prefill_seconds + s.decode_seconds for s in stats)
+
+    def decode(stats: list[GenerationStats]) -> float:
+        return statistics.median(s.decode_seconds for s in stats)
+
+    t_free, d_free = total(free), decode(free)
+    e2e = {"free_seconds": t_free, "constrained_ff_seconds": total(ff), "ratio": total(ff) / t_free,
+           "decode_ratio": decode(ff) / d_free, "prefill_share": 1 - d_free / t_free,
+           "free_tokens": free[0].completion_tokens, "ff_tokens": ff[0].completion_tokens,
+           "forced_share": ff[0].forced_tokens / max(1, ff[0].completion_tokens)}
     prose_prompt = ta.prompt_tokens(PROSE_MESSAGES, None)
     plain_prose, spec_prose = [], []
     for _ in range(runs):
         plain_prose.append(_decode(m, prose_prompt, None, "llguidance", 4 * max_tokens, False))
         spec_prose.append(_decode(m, prose_prompt, None, "llguidance", 4 * max_tokens, False, speculative=True))
-    t_plain = statistics.median(s.decode_seconds for s in plain_prose)
-    t_prose = statistics.median(s.decode_seconds for s in spec_prose)
+    t_plain, t_prose = decode(plain_prose), decode(spec_prose)
     s0, p0 = spec[0], spec_prose[0]
-    return {"constrained_ff_spec_seconds": t_spec, "ratio": t_spec / t_free, "tokens": s0.completion_tokens,
-            "decodes": s0.decodes, "tokens_per_decode": s0.completion_tokens / max(1, s0.decodes),
-            "drafted": s0.drafted_tokens, "accepted": s0.accepted_drafts,
-            "acceptance_rate": s0.accepted_drafts / max(1, s0.drafted_tokens),
-            "prose": {"tokens": p0.completion_tokens, "plain_seconds": t_plain, "spec_seconds": t_prose,
-                      "slowdown": t_prose / t_plain - 1, "drafted": p0.drafted_tokens,
-                      "accepted": p0.accepted_drafts}}
+    return e2e, {"constrained_ff_spec_seconds": total(spec), "ratio": total(spec) / t_free,
+                 "decode_ratio": decode(spec) / d_free, "tokens": s0.completion_tokens,
+                 "decodes": s0.decodes, "tokens_per_decode": s0.completion_tokens / max(1, s0.decodes),
+                 "drafted": s0.drafted_tokens, "accepted": s0.accepted_drafts,
+                 "acceptance_rate": s0.accepted_drafts / max(1, s0.drafted_tokens),
+                 "prose": {"tokens": p0.completion_tokens, "plain_seconds": t_plain, "spec_seconds": t_prose,
+                           "slowdown": t_prose / t_plain - 1, "drafted": p0.drafted_tokens,
+                           "accepted": p0.accepted_drafts}}
 
 
 def _ttft(path: Path, data: Path | None, n_ctx: int, runs: int) -> dict[str, Any]:
@@ -288,10 +296,11 @@ def summary(report: dict[str, Any]) -> str:
               f"prompt {report['prompt_tok_per_s']['median']:.1f} tok/s; raw llama.cpp loop "
               f"{report['decode_tok_per_s']['raw_llama_cpp']['median']:.1f} tok/s (ours / raw "
               f"{report['runtime_over_raw']:.3f})",
-              f"e2e BFCL call constrained+ff / free: {e2e['ratio']:.3f} (forced share {e2e['forced_share']:.0%})",
-              f"e2e BFCL call constrained+ff+speculation / free: {sp['ratio']:.3f} (acceptance "
-              f"{sp['acceptance_rate']:.0%}, {sp['tokens_per_decode']:.2f} tokens per decode); prose with "
-              f"speculation {sp['prose']['slowdown']:+.1%}",
+              f"e2e BFCL call constrained+ff / free: {e2e['ratio']:.3f}, decode alone {e2e['decode_ratio']:.3f} "
+              f"(forced share {e2e['forced_share']:.0%}; prefill {e2e['prefill_share']:.0%} of the free call)",
+              f"e2e BFCL call constrained+ff+speculation / free: {sp['ratio']:.3f}, decode alone "
+              f"{sp['decode_ratio']:.3f} (acceptance {sp['acceptance_rate']:.0%}, {sp['tokens_per_decode']:.2f} "
+              f"tokens per decode); prose with speculation {sp['prose']['slowdown']:+.1%}",
               f"TTFT {t['tool_prompt_tokens']}-token tools: cold {t['cold_seconds']:.3f} s, "
               f"warm/cold {t['warm_over_cold']:.3f}, disk-warm/cold {t['disk_warm_over_cold']:.3f}",
               f"peak RSS {report['peak_rss_mb']:.0f} MB, load {report['load_seconds']:.2f} s"]

@@ -37,7 +37,7 @@ class _Slot:
     busy: bool = False
     late: bool = False  # missed a step's gathering: not waited for until it submits again
     logits: np.ndarray | None = None
-    rows: np.ndarray | None = None  # logits after every token of its last step, when it asked for them (a draft)
+    rows: list[np.ndarray | None] | None = None  # logits after the tokens of its last step it asked for (a draft)
     steps: int = 0  # decode steps this slot took part in (this request)
     shared_steps: int = 0  # ... of which with at least one other sequence in the same llama_decode
     joined_at_step: int = 0  # the batcher's step count when this request's first tokens were decoded
@@ -47,7 +47,7 @@ class _Slot:
 class _Pending:
     slot: _Slot
     tokens: list[int]
-    rows: int = -1  # >= 0: logits after every token from this index on, not only the last (a draft's verification)
+    want: list[bool] | None = None  # logits after each token where true, not only the last (a draft's verification)
     done: bool = False
     error: BaseException | None = None
 
@@ -192,18 +192,18 @@ class Batcher:
             return True
 
     # --- decoding -------------------------------------------------------------------------------------------------
-    def eval(self, s: _Slot, tokens: Sequence[int], rows: int = -1) -> None:
+    def eval(self, s: _Slot, tokens: Sequence[int], want: Sequence[bool] | None = None) -> None:
         """Evaluate `tokens` after the slot's sequence in the next shared step; returns once its logits are in
-        (`rows` >= 0: after every token from that index on, in `s.rows`)."""
+        (`want`: also after each token where true, in `s.rows`, None elsewhere)."""
         check_eval(len(s.tokens), tokens, self.n_ctx, self.model.n_vocab)
-        if rows >= 0 and not 0 < len(tokens) <= self.share:
+        if want is not None and (not 0 < len(tokens) <= self.share or len(want) != len(tokens)):
             raise GenerationError(f"{len(tokens)} tokens with logits at each do not fit one step's share")
         if len(tokens) > self.share:  # stays within its share of a step's batch
             self.eval(s, tokens[: self.share])
             self.eval(s, tokens[self.share:])
             return
         with self.cond:
-            p = _Pending(s, list(tokens), rows)
+            p = _Pending(s, list(tokens), None if want is None else list(want))
             self.pending.append(p)
             s.late = False
             deadline = time.monotonic() + STEP_GATHER_SECONDS
@@ -271,7 +271,7 @@ class Batcher:
             for i, t in enumerate(p.tokens):
                 b.token[n], b.pos[n], b.n_seq_id[n] = t, start + i, 1
                 b.seq_id[n][0] = p.slot.seq
-                b.logits[n] = 0 <= p.rows <= i or i == len(p.tokens) - 1
+                b.logits[n] = i == len(p.tokens) - 1 or (p.want is not None and p.want[i])
                 n += 1
         b.n_tokens = n
         rc = llama_cpp.llama_decode(self.ctx, b)
@@ -279,11 +279,10 @@ class Batcher:
             raise GenerationError(f"llama_decode failed with status {rc} ({n} tokens, {len(take)} sequences)")
         row = -1
         for p in take:
-            if p.rows >= 0:
-                p.slot.rows = np.empty((len(p.tokens) - p.rows, self.model.n_vocab), dtype=np.float32)
-                for i in range(p.rows, len(p.tokens)):
-                    ptr = llama_cpp.llama_get_logits_ith(self.ctx, row + 1 + i)
-                    np.copyto(p.slot.rows[i - p.rows], np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)))
+            if p.want is not None:
+                p.slot.rows = [np.array(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, row + 1 + i),
+                                                              shape=(self.model.n_vocab,)))
+                               if w else None for i, w in enumerate(p.want)]
             row += len(p.tokens)
             ptr = llama_cpp.llama_get_logits_ith(self.ctx, row)
             view = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
@@ -321,9 +320,9 @@ class SlotModel:
     def eval(self, tokens: Sequence[int]) -> None:
         self.batcher.eval(self.slot, tokens)
 
-    def eval_rows(self, tokens: Sequence[int], first: int) -> list[np.ndarray]:
+    def eval_rows(self, tokens: Sequence[int], want: Sequence[bool]) -> list[np.ndarray | None]:
         """As Model.eval_rows, in the slot's next shared step (copies, kept until the slot's next step)."""
-        self.batcher.eval(self.slot, tokens, rows=first)
+        self.batcher.eval(self.slot, tokens, want)
         assert self.slot.rows is not None
         return list(self.slot.rows)
 

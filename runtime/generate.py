@@ -224,7 +224,7 @@ def generate(model: Model, prompt: Sequence[int], *, constraint: Constraint | No
     st.prompt_tokens = len(prompt)
     st.reused_tokens = model.prefill(prompt)
     st.prefill_seconds = time.perf_counter() - t0
-    spec = Speculator(model, constraint, prompt, model.eog_ids, drafter) if st.speculative else None
+    spec = Speculator(model, constraint, prompt, model.eog_ids, drafter, fast_forward) if st.speculative else None
     dec = _Decoder(model, constraint, guard, budget, st, stop, t0, spec)
     st.finish_reason = "length"
     t_decode = time.perf_counter()

@@ -200,26 +200,28 @@ class Model:
         self.llm.eval(list(tokens))
         self._tokens += list(tokens)
 
-    def eval_rows(self, tokens: Sequence[int], first: int) -> list[np.ndarray]:
-        """Evaluate `tokens` in one decode with logits after each of tokens[first:] (views into llama.cpp's buffer,
-        valid until the next eval): the verification of a speculative draft (runtime/speculative.py)."""
+    def eval_rows(self, tokens: Sequence[int], want: Sequence[bool]) -> list[np.ndarray | None]:
+        """Evaluate `tokens` in one decode with logits after each token whose `want` is true (views into llama.cpp's
+        buffer, valid until the next eval; None where not wanted): the verification of a speculative draft
+        (runtime/speculative.py). A row without logits skips the output layer, a fifth of a small model's row."""
         if not self.own_context:
             raise GenerationError("this model decodes through parallel slots (runtime/batch.py), not its own context")
         check_eval(len(self._tokens), tokens, self.n_ctx, self.n_vocab)
-        if not 0 < len(tokens) <= self.llm.n_batch:
-            raise GenerationError(f"{len(tokens)} tokens do not fit one decode of {self.llm.n_batch}")
+        if not 0 < len(tokens) <= self.llm.n_batch or len(want) != len(tokens):
+            raise GenerationError(f"{len(tokens)} tokens ({len(want)} rows asked) do not fit one decode of "
+                                  f"{self.llm.n_batch}")
         llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.ctx), -1, len(self._tokens), -1)
         batch = self.llm._batch
         batch.set_batch(batch=list(tokens), n_past=len(self._tokens), logits_all=True)
-        for i in range(first):
-            batch.batch.logits[i] = False  # rows nobody reads cost an output-layer row each
+        for i, w in enumerate(want):
+            batch.batch.logits[i] = bool(w)
         rc = llama_cpp.llama_decode(self.ctx, self.llm._batch.batch)
         if rc != 0:
             raise GenerationError(f"llama_decode failed with status {rc} ({len(tokens)} tokens)")
         self._tokens += list(tokens)
         self.llm.n_tokens = len(self._tokens)
         return [np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
-                for i in range(first, len(tokens))]
+                if w else None for i, w in enumerate(want)]
 
     def logits(self) -> np.ndarray:
         """Logits after the last evaluated token (a view into llama.cpp's buffer: copy before the next eval)."""

@@ -54,9 +54,9 @@ class Recorder:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.model, name)
 
-    def eval_rows(self, tokens: Sequence[int], first: int) -> list[np.ndarray]:
+    def eval_rows(self, tokens: Sequence[int], want: Sequence[bool]) -> list[np.ndarray | None]:
         self.verified.append((self.model.tokens, list(tokens)))
-        return self.model.eval_rows(tokens, first)
+        return self.model.eval_rows(tokens, want)
 
 
 class FixedDrafter:
