@@ -11,28 +11,29 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 # the instruction sets ourselves: AVX2/FMA/F16C always, and AVX-512 (with VNNI, VBMI, BF16) where this CPU has it,
 # which is about twice as fast on CPUs that have it; never AMX. Elsewhere (Apple silicon, arm64) llama.cpp's
 # defaults are right.
-# Without llamafile's tinyBLAS (used by ggml-cpu for matmuls of 2+ rows, F16/F32/BF16/Q8_0/Q4_0) a row of a batch is
-# computed as a one-token decode computes it, bit for bit: speculative verification then changes no output
-# (docs/speculative.md, "Why identical"). Its cost is in prompt speed on those types; K-quants never used it.
-BATCH_INVARIANT := -DGGML_LLAMAFILE=OFF
+# BATCH_INVARIANT=1 builds without llamafile's tinyBLAS (used by ggml-cpu for matmuls of 2+ rows, F16/F32/BF16/
+# Q8_0/Q4_0 and attention over the F16 cache): a row of a batch is then computed as a one-token decode computes it,
+# bit for bit, which speculative decoding needs to change no output (docs/speculative.md, "Why identical"). Not the
+# default: F16 and Q8_0 models decode and read prompts about half as fast without it.
+BATCH_INVARIANT_ARGS := $(if $(filter 1,$(BATCH_INVARIANT)),-DGGML_LLAMAFILE=OFF)
 ifeq ($(shell uname -m),x86_64)
 CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
 has = $(filter $(1),$(CPU_FLAGS))
 AVX512 := $(and $(call has,avx512f),$(call has,avx512bw),$(call has,avx512vl),$(call has,avx512dq),$(call has,avx512cd))
-LLAMA_CMAKE_ARGS ?= $(BATCH_INVARIANT) -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+LLAMA_CMAKE_ARGS ?= $(BATCH_INVARIANT_ARGS) -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
 	$(if $(call has,avx_vnni),-DGGML_AVX_VNNI=ON) $(if $(AVX512),-DGGML_AVX512=ON \
 	$(if $(call has,avx512_vnni),-DGGML_AVX512_VNNI=ON) $(if $(call has,avx512vbmi),-DGGML_AVX512_VBMI=ON) \
 	$(if $(call has,avx512_bf16),-DGGML_AVX512_BF16=ON))
 else
-LLAMA_CMAKE_ARGS ?= $(BATCH_INVARIANT)
+LLAMA_CMAKE_ARGS ?= $(BATCH_INVARIANT_ARGS)
 endif
-WHEEL_KEY := $(shell uname -m)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+WHEEL_KEY := $(shell uname -m)-$(shell echo '$(strip $(LLAMA_CMAKE_ARGS))' | sha256sum | cut -c1-12)
 # pip's own wheel cache ignores CMAKE_ARGS (a wheel built with other flags would be reused), so the wheel is built
 # once per flag set into a folder named for it, under toolace's home folder.
 WHEELS := $(or $(TOOLACE_HOME),$(HOME)/.cache/toolace)/wheels/$(WHEEL_KEY)
 LLAMA_WHEEL := $(WHEELS)/.built
 
-.PHONY: install install-cuda install-metal fixtures demo test test-slow test-browser test-vllm lint bench bench-serve llama-server stress clean
+.PHONY: install install-cuda install-metal fixtures demo test test-slow test-speculative test-browser test-vllm lint bench bench-serve llama-server stress clean
 
 install: $(STAMP)
 
@@ -77,12 +78,19 @@ demo: install fixtures
 	$(BIN)/toolace call "What's the weather like in Paris in celsius?" --tools examples/weather.json --model demo --tool-choice required
 
 test: install fixtures
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not speculative"
 
 # The long real-model suites (the page's server, imatrix, validity sampling, the short soak, adversarial sampling):
 # kept out of make test's 15 minutes on 2 cores, called by .ci/run.
 test-slow: install fixtures
 	$(BIN)/python -m pytest -q -m slow
+
+# Speculative decoding's suite, in a venv of its own with the batch-invariant build (BATCH_INVARIANT=1 above): in the
+# default build speculation's probe finds batched rows differ and leaves it off. Called by .ci/run.
+SPEC_VENV := .venv-spec
+test-speculative: fixtures
+	$(MAKE) install VENV=$(SPEC_VENV) BATCH_INVARIANT=1
+	$(SPEC_VENV)/bin/python -m pytest -q -m speculative
 
 # The page in a real browser: Debian's Chromium (never a browser Playwright downloads), Playwright for Python from
 # the dev extras; saves build/artifacts/page.png (TOOLACE_UPDATE_DOCS=1: also docs/page.png, the README's screenshot).
@@ -132,4 +140,4 @@ test-vllm: install fixtures $(VLLM_STAMP)
 	TOOLACE_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q tests_vllm
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .cache build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(SPEC_VENV) .cache build *.egg-info

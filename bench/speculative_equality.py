@@ -10,11 +10,14 @@ bench/results/speculative_equality_<model>.json as it goes, so a partial run is 
 
 On a machine with several cores, `--shard K/N` answers every N-th question from the K-th into its own file (one
 process per core, `taskset` pinned: two llama.cpp processes sharing cores slow each other), and `--merge` joins
-the shards' files into the one result."""
+the shards' files into the one result. `--resume` keeps the questions a file already answered, when the engine
+(toolace's runtime and grammars sources and the llama.cpp libraries, `engine_hash`) is the same; so a long run can
+be continued in another session."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -23,6 +26,7 @@ from typing import Any
 from toolace.api import ToolACE
 from toolace.eval.bfcl import CATEGORIES, load_questions
 from toolace.eval.defaults import EVAL_MAX_TOKENS
+from toolace.paths import atomic_output
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,13 +52,28 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "decode_seconds_on": round(sum(o["seconds"] for o in on), 2)}
 
 
+def engine_hash() -> str:
+    """What decides the tokens: toolace's runtime and grammar sources and llama.cpp's shared libraries."""
+    import llama_cpp
+
+    h = hashlib.sha256()
+    lib = Path(llama_cpp.__file__).parent / "lib"
+    files = sorted([*(REPO / "runtime").rglob("*.py"), *(REPO / "grammars").rglob("*.py"), *lib.glob("*.so")])
+    for f in files:
+        h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
 def write(out: Path, report: dict[str, Any]) -> None:
-    out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    with atomic_output(out) as tmp:  # a run stopped mid-write leaves the last whole report, for --resume
+        tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
 
 
 def merge(out: Path, parts: list[str]) -> dict[str, Any]:
     """Join shard files into one report, questions in BFCL order, seconds the longest shard's."""
     reports = [json.loads(Path(p).read_text()) for p in parts]
+    if len({rep.get("engine_hash") for rep in reports}) > 1:
+        raise SystemExit("the shards were answered by different engines: " + ", ".join(parts))
     order = {q.id: i for i, q in enumerate(load_questions(reports[0]["data"], CATEGORIES))}
     rows = sorted((r for rep in reports for r in rep["questions"]), key=lambda r: order[r["id"]])
     report = {**reports[0], "shards": len(reports), "seconds": max(rep["seconds"] for rep in reports),
@@ -73,6 +92,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--shard", default=None, help="K/N: every N-th question from the K-th")
     parser.add_argument("--merge", nargs="+", default=None, help="shard files to join into --json")
+    parser.add_argument("--resume", action="store_true", help="keep what --json already holds (same engine)")
     args = parser.parse_args()
     out = Path(args.json or REPO / "bench" / "results" / f"speculative_equality_{Path(args.model).stem}.json")
     if args.merge:
@@ -86,11 +106,19 @@ def main() -> None:
         k, n = (int(x) for x in args.shard.split("/"))
         questions = questions[k::n]
     rows: list[dict[str, Any]] = []
-    start = time.monotonic()
+    engine, spent = engine_hash(), 0
+    if args.resume and out.exists():
+        old = json.loads(out.read_text())
+        if old.get("engine_hash") != engine:
+            raise SystemExit(f"{out} was answered by another engine ({old.get('engine_hash')}, now {engine})")
+        rows, spent = old["questions"], old["seconds"]
+        done = {r["id"] for r in rows}
+        questions = [q for q in questions if q.id not in done]
+    start = time.monotonic() - spent
     for q in questions:
         rows.append({"id": q.id, "off": answer(ta, q, args.max_tokens, False),
                      "on": answer(ta, q, args.max_tokens, True)})
-        report = {"model": args.model, "data": args.data, "decoding": "greedy, tool_choice auto",
+        report = {"model": args.model, "data": args.data, "engine_hash": engine, "decoding": "greedy, tool_choice auto",
                   "max_tokens": args.max_tokens, "seconds": round(time.monotonic() - start),
                   "summary": summary(rows), "questions": rows}
         write(out, report)

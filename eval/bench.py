@@ -200,7 +200,7 @@ def _e2e(ta: Any, prompt: list[int], gbnf: str, max_tokens: int, runs: int) -> t
         spec_prose.append(_decode(m, prose_prompt, None, "llguidance", 4 * max_tokens, False, speculative=True))
     t_plain, t_prose = decode(plain_prose), decode(spec_prose)
     s0, p0 = spec[0], spec_prose[0]
-    return e2e, {"constrained_ff_spec_seconds": total(spec), "ratio": total(spec) / t_free,
+    return e2e, {"ran": s0.speculative, "constrained_ff_spec_seconds": total(spec), "ratio": total(spec) / t_free,
                  "decode_ratio": decode(spec) / d_free, "tokens": s0.completion_tokens,
                  "decodes": s0.decodes, "tokens_per_decode": s0.completion_tokens / max(1, s0.decodes),
                  "drafted": s0.drafted_tokens, "accepted": s0.accepted_drafts,
@@ -300,7 +300,8 @@ def summary(report: dict[str, Any]) -> str:
               f"(forced share {e2e['forced_share']:.0%}; prefill {e2e['prefill_share']:.0%} of the free call)",
               f"e2e BFCL call constrained+ff+speculation / free: {sp['ratio']:.3f}, decode alone "
               f"{sp['decode_ratio']:.3f} (acceptance {sp['acceptance_rate']:.0%}, {sp['tokens_per_decode']:.2f} "
-              f"tokens per decode); prose with speculation {sp['prose']['slowdown']:+.1%}",
+              f"tokens per decode); prose with speculation {sp['prose']['slowdown']:+.1%}" if sp["ran"] else
+              "speculation: off in this build (batched rows differ from one-token decodes; docs/speculative.md)",
               f"TTFT {t['tool_prompt_tokens']}-token tools: cold {t['cold_seconds']:.3f} s, "
               f"warm/cold {t['warm_over_cold']:.3f}, disk-warm/cold {t['disk_warm_over_cold']:.3f}",
               f"peak RSS {report['peak_rss_mb']:.0f} MB, load {report['load_seconds']:.2f} s"]

@@ -1,5 +1,6 @@
 """Disk prompt cache: the KV state of the (long, stable) system prompt with its tool list, persisted so a desktop
-app's first call after a restart is warm. Keyed by the model file's sha256 and the prefix tokens' hash.
+app's first call after a restart is warm. Keyed by the model file's sha256, the llama.cpp build and the prefix
+tokens' hash.
 
 The cache only saves time, so nothing in it can fail a call: an unreadable hash index or state file is a miss (and
 is rewritten), and a file another process or slot removes at any moment is a miss too. It is bounded in bytes
@@ -9,6 +10,7 @@ least recently go first (docs/design.md, "Caches")."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -16,6 +18,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import llama_cpp
 
 from toolace.errors import InputError, OutputError, ToolaceError
 from toolace.limits import DEFAULT_CACHE_TOKENS, MAX_CACHE_FILES, MIN_PREFIX_TOKENS
@@ -25,6 +29,13 @@ from .model import Model
 
 log = logging.getLogger("toolace.cache")
 INDEX_NAME = "model-hashes.json"
+
+
+@functools.cache
+def build_identity() -> str:
+    """The llama.cpp build a state was computed by: its version and CPU features, LLAMAFILE among them. Another
+    build's kernels round differently (docs/speculative.md), so its states would change outputs: they are misses."""
+    return f"{llama_cpp.__version__}|{llama_cpp.llama_print_system_info().decode(errors='replace')}"
 
 
 def _read_index(index: Path) -> dict[str, str]:
@@ -86,7 +97,7 @@ class PromptCache:
         if self._digest is None:
             self._digest = model_digest(self.model.path, self.folder)
         h = hashlib.sha256(self._digest.encode())
-        h.update(b"|n_ctx=%d|%s|" % (m.n_ctx, m.STATE_KIND.encode()))
+        h.update(b"|n_ctx=%d|%s|%s|" % (m.n_ctx, m.STATE_KIND.encode(), build_identity().encode()))
         h.update(",".join(map(str, prefix)).encode())
         return self.folder / f"{h.hexdigest()[:32]}.kv"
 

@@ -67,7 +67,10 @@ def tiny_llama_gguf(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Pa
 pytest_plugins = ["tests.helpers.server", "tests.helpers.fake_hub", "tests.helpers.gguf_repos"]
 
 
-# `make test` runs `-m "not slow"` to stay within its 15-minute budget on 2 cores; `make test-slow` (called by
-# .ci/run) runs the long real-model suites marked so.
+# `make test` runs `-m "not slow and not speculative"` to stay within its 15-minute budget on 2 cores; `make
+# test-slow` (called by .ci/run) runs the long real-model suites marked so, `make test-speculative` the tests that
+# need speculation to run, on its own build.
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: a long real-model suite, run by `make test-slow`, not `make test`")
+    config.addinivalue_line("markers", "speculative: needs speculation to run (the batch-invariant llama.cpp build): "
+                            "run by `make test-speculative` in its own venv, not `make test`")

@@ -16,6 +16,7 @@ from toolace.cli import main
 from toolace.errors import InputError
 from toolace.limits import DEFAULT_CACHE_TOKENS, MAX_CACHE_FILES
 from toolace.paths import atomic_output, sha256_file
+from toolace.runtime import cache as cache_module
 from toolace.runtime.cache import INDEX_NAME, PromptCache, model_digest
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -180,3 +181,18 @@ def test_bad_cache_max_bytes_is_one_input_error(ta: ToolACE, tmp_path: Path, bad
     with pytest.raises(InputError, match=r"^cache_max_bytes must be a non-negative integer \(bytes\), got "):
         PromptCache(ta.model, tmp_path, max_bytes=bad)  # type: ignore[arg-type]
     assert PromptCache(ta.model, tmp_path, max_bytes=0).max_bytes == 0  # near miss: 0 is a valid bound
+
+
+def test_a_state_from_another_llama_cpp_build_is_a_miss(smollm2_gguf: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another build's kernels round differently (the default build against BATCH_INVARIANT=1, or an upgrade): its
+    states would change the answer, so the key holds the build and they are misses. (Before, a state saved by the
+    other build was loaded and SmolLM2 answered the Tokyo chat with a garbled timezone.) Near miss: the same build
+    hits."""
+    first = restarted(smollm2_gguf, tmp_path).call(QUESTION, [_weather()], max_tokens=24)
+    same = restarted(smollm2_gguf, tmp_path)
+    assert same.call(QUESTION, [_weather()], max_tokens=24).raw == first.raw and same.cache.hits == 1
+    monkeypatch.setattr(cache_module, "build_identity", lambda: "0.3.36|CPU : AVX2 = 1 | OPENMP = 1 |")
+    other = restarted(smollm2_gguf, tmp_path)
+    assert other.call(QUESTION, [_weather()], max_tokens=24).raw == first.raw and other.cache.hits == 0
+    assert len(list(tmp_path.glob("*.kv"))) == 2  # each build's state under its own key
