@@ -119,7 +119,7 @@ class Speculator:
         self.drafter: Drafter = drafter if drafter is not None else PromptLookup()
         self.context: list[int] = list(prompt)  # prompt + taken tokens: what lookup searches
         self.pending: list[int] = []  # drafted tokens in the KV cache after `context`, not yet taken
-        self.rows: list[np.ndarray] = []  # logits after each pending token (rows[i] after pending[i])
+        self.rows: list[np.ndarray | None] = []  # logits after each pending token (None: not computed)
         self.current: np.ndarray | None = None  # logits after the last taken token when it came from a row
         self.stale = False  # the last taken token's row was decoded without logits: decode it again if asked
         self.lookup_left = 0  # pending tokens at the end that came from lookup (the rest were forced)
