@@ -18,7 +18,8 @@ def compare(alone: dict[str, Any], together: dict[str, Any]) -> dict[str, Any]:
     ids = [i for i in new if i in old]
     differ = [i for i in ids if old[i]["calls"] != new[i]["calls"]]
     call_mode = [i for i in ids if new[i]["tool_choice"] != "auto"]
-    return {"alone": alone.get("model_file"), "together_parallel": together.get("parallel"), "questions": len(ids),
+    return {"alone": alone.get("model_file"), "together_parallel": together.get("parallel"),
+            "together_batching": together.get("batching", "exact"), "questions": len(ids),
             "same_calls": len(ids) - len(differ), "same_calls_rate": (len(ids) - len(differ)) / len(ids),
             "same_raw": sum(old[i]["raw"] == new[i]["raw"] for i in ids),
             "valid_together": sum(bool(new[i]["valid"] and new[i]["calls"]) for i in call_mode),

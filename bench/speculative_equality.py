@@ -11,7 +11,7 @@ bench/results/speculative_equality_<model>.json as it goes, so a partial run is 
 On a machine with several cores, `--shard K/N` answers every N-th question from the K-th into its own file (one
 process per core, `taskset` pinned: two llama.cpp processes sharing cores slow each other), and `--merge` joins
 the shards' files into the one result. `--resume` keeps the questions a file already answered, when the engine
-(toolace's runtime and grammars sources and the llama.cpp libraries, `engine_hash`) is the same; so a long run can
+(toolace's runtime and grammars sources and the llama.cpp build, `engine_hash`) is the same; so a long run can
 be continued in another session."""
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from toolace.eval.defaults import EVAL_MAX_TOKENS
 from toolace.paths import atomic_output
 
 REPO = Path(__file__).resolve().parent.parent
+OFF_PATH = {"batch.py"}  # the parallel slots: one question at a time in one context never reaches them
 
 
 def answer(ta: ToolACE, q: Any, max_tokens: int, speculative: bool) -> dict[str, Any]:
@@ -53,13 +54,15 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def engine_hash() -> str:
-    """What decides the tokens: toolace's runtime and grammar sources and llama.cpp's shared libraries."""
-    import llama_cpp
+    """What decides the tokens: toolace's runtime and grammar sources (but OFF_PATH) and the llama.cpp build (its
+    version and this CPU's features, LLAMAFILE among them: `build_identity`), not the library's bytes, which differ
+    between two compiles of the same source (a build directory's name is in them): a run resumes on a new machine."""
 
-    h = hashlib.sha256()
-    lib = Path(llama_cpp.__file__).parent / "lib"
-    files = sorted([*(REPO / "runtime").rglob("*.py"), *(REPO / "grammars").rglob("*.py"), *lib.glob("*.so")])
-    for f in files:
+    from toolace.runtime.cache import build_identity
+
+    h = hashlib.sha256(build_identity().encode())
+    sources = [*(REPO / "runtime").rglob("*.py"), *(REPO / "grammars").rglob("*.py")]
+    for f in sorted(f for f in sources if f.name not in OFF_PATH):
         h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()[:16]
 

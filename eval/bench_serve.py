@@ -32,10 +32,13 @@ from toolace.api import ToolACE
 from toolace.errors import InputError, ToolaceError
 from toolace.grammars.parser import Call, CallParseError, parse_calls
 from toolace.grammars.toolset import ToolSet
+from toolace.limits import DEFAULT_BATCHING
 from toolace.serve.vllm.meta import GUARD_CLOCK_ENV, NOTES_ENV, read_guard_time
 
 from .bench import save_json
+from .bench_batching import LEVELS, batching_ceiling, step_shapes
 from .bench_serve_report import (
+    FAST_COLUMN,
     GUARD_LEVELS,
     VLLM_GUARDED_COLUMN,
     VLLM_UNGUARDED_COLUMN,
@@ -45,7 +48,6 @@ from .bench_serve_report import (
 )
 from .bfcl import Question, default_data_dir, load_questions
 
-LEVELS = (1, 2, 4, 8)
 BENCH_CATEGORIES = ("simple_python", "multiple", "parallel")
 REQUESTS_PER_CLIENT = 3  # each client sends this many requests per level: enough for a p95 at 8 clients (24)
 VLLM_COLUMN = "vLLM (toolace export)"
@@ -206,13 +208,13 @@ def _level(send: Callable[[Job], tuple[float | None, int, list[Call] | None]], j
 
 
 def _toolace_column(model: str, n_ctx: int, jobs: list[Job], max_tokens: int, fixed: int | None,
-                    logs: Path) -> list[dict[str, Any]]:
+                    logs: Path, batching: str = DEFAULT_BATCHING) -> list[dict[str, Any]]:
     """`toolace serve --parallel N` per level (N = clients), or one server with `--parallel fixed`."""
     out = []
     for clients in LEVELS:
         port = free_port()
         cmd = [str(Path(sys.executable).parent / "toolace"), "serve", "--model", model, "--n-ctx", str(n_ctx),
-               "--port", str(port), "--parallel", str(fixed or clients)]
+               "--port", str(port), "--parallel", str(fixed or clients), "--batching", batching]
         url = f"http://127.0.0.1:{port}/v1"
         # A fresh TOOLACE_HOME per server: no tool prompt saved to the disk cache by an earlier column is found.
         home = {"TOOLACE_HOME": str(logs / f"home-{fixed or clients}-{port}")}
@@ -326,31 +328,6 @@ def _merged(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def batching_ceiling(ta: ToolACE, levels: tuple[int, ...] = LEVELS, steps: int = 16) -> dict[str, float]:
-    """Throughput of one llama_decode carrying N tokens (one per sequence) over N one-token decodes, same model:
-    what batching can gain on this machine at most."""
-    from toolace.runtime.batch import Batcher, _Pending
-
-    batcher = Batcher(ta.model, max(levels))
-    try:
-        for s in batcher.slots:
-            batcher._decode([_Pending(s, list(range(1, 33)))])  # a short prompt in every sequence
-            s.tokens += list(range(1, 33))
-
-        def timed(n: int) -> float:
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                batcher._decode([_Pending(s, [7]) for s in batcher.slots[:n]])
-                for s in batcher.slots[:n]:
-                    s.tokens.append(7)
-            return (time.perf_counter() - t0) / steps
-
-        times = {n: timed(n) for n in sorted({1, *levels})}
-        return {str(n): round(n * times[1] / times[n], 3) for n in levels}
-    finally:
-        batcher.close()
-
-
 def bench_serve(model: str = "demo", data: str | None = None, n_ctx: int = 2048, max_tokens: int = 128,
                 llama_server: str | None = None, vllm_url: str | None = None, vllm_export: str | None = None,
                 vllm_args: str = "", json_out: str | None = None, logs: str | None = None,
@@ -364,7 +341,7 @@ def bench_serve(model: str = "demo", data: str | None = None, n_ctx: int = 2048,
     log_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"model": model, "model_file": str(ta.model.path), "n_ctx_per_slot": n_ctx,
                               "max_tokens": max_tokens, "levels": list(LEVELS), "cores": os.cpu_count(),
-                              "ceiling": batching_ceiling(ta), "columns": {}}
+                              "ceiling": batching_ceiling(ta), "step_shapes": step_shapes(ta), "columns": {}}
     threads = ta.model.n_threads
     model = str(ta.model.path)  # a path: the servers run with their own (empty) TOOLACE_HOME
     del ta  # the servers below load their own copies
@@ -372,6 +349,7 @@ def bench_serve(model: str = "demo", data: str | None = None, n_ctx: int = 2048,
     if not vllm_only:
         cols["toolace --parallel N"] = _toolace_column(model, n_ctx, jobs, max_tokens, None, log_dir)
         cols["toolace --parallel 1"] = _toolace_column(model, n_ctx, jobs, max_tokens, 1, log_dir)
+        cols[FAST_COLUMN] = _toolace_column(model, n_ctx, jobs, max_tokens, None, log_dir, "fast")
     if llama_server and not vllm_only:
         cols["llama-server -np N"] = _llama_server_column(llama_server, Path(report["model_file"]), n_ctx, threads,
                                                           jobs, max_tokens, log_dir)

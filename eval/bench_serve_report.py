@@ -16,9 +16,10 @@ from typing import Any
 from .bench import save_png, subplots
 
 PARALLEL_COLUMN = "toolace --parallel N"
+FAST_COLUMN = "toolace --parallel N --batching fast"
 LLAMA_SERVER_COLUMN = "llama-server -np N"
 TARGET_CEILING_SHARE = 0.8  # of the ceiling (one decode of N tokens / N decodes of one), at 4 and 8 clients
-TARGET_VS_LLAMA_SERVER = 0.9  # aggregate tok/s at 4 clients, toolace enforcing the call grammar on every sequence
+TARGET_VS_LLAMA_SERVER = 1.0  # aggregate tok/s at 4 clients (issue #30), toolace enforcing the grammar throughout
 TARGET_P95_OVER_P50 = 2.5  # p95 latency at 4 clients over the 1-client p50
 TARGET_LEVELS = (4, 8)
 VLLM_UNGUARDED_COLUMN = "vLLM (export, no guard)"
@@ -40,11 +41,12 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"prompt_share_1": round(one["ttft_p50_s"] / one["latency_p50_s"], 3)
                            if one["ttft_p50_s"] and one["latency_p50_s"] else None}
     for n in TARGET_LEVELS:
-        row, ceiling = _row(report, PARALLEL_COLUMN, n), report["ceiling"].get(str(n))
-        if row is not None and ceiling:
-            scaling = row["tok_per_s"] / one["tok_per_s"]
-            out[f"scaling_{n}"] = {"measured": round(scaling, 3), "needed": round(TARGET_CEILING_SHARE * ceiling, 3),
-                                   "met": scaling >= TARGET_CEILING_SHARE * ceiling}
+        for column, key in ((PARALLEL_COLUMN, f"scaling_{n}"), (FAST_COLUMN, f"scaling_fast_{n}")):
+            row, ceiling = _row(report, column, n), report["ceiling"].get(str(n))
+            if row is not None and ceiling:
+                scaling = row["tok_per_s"] / one["tok_per_s"]
+                out[key] = {"measured": round(scaling, 3), "needed": round(TARGET_CEILING_SHARE * ceiling, 3),
+                            "met": scaling >= TARGET_CEILING_SHARE * ceiling}
     four, theirs = _row(report, PARALLEL_COLUMN, 4), _row(report, LLAMA_SERVER_COLUMN, 4)
     if four is not None and theirs is not None:
         ratio = four["tok_per_s"] / theirs["tok_per_s"]
@@ -54,8 +56,11 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
     out["validity"] = {"measured": min(valid), "needed": 1.0, "met": min(valid) == 1.0}
     if four is not None:
         ratio = four["latency_p95_s"] / one["latency_p50_s"]
+        # Four clients share the machine: their mean latency is at least 4 / ceiling_4 times one client's, the
+        # floor below which no batching can bring p95 (above TARGET_P95_OVER_P50 where the ceiling is under 1.6).
+        floor = 4 / report["ceiling"]["4"] if report["ceiling"].get("4") else None
         out["p95_4_over_p50_1"] = {"measured": round(ratio, 3), "needed": TARGET_P95_OVER_P50,
-                                   "met": ratio <= TARGET_P95_OVER_P50}
+                                   "floor": round(floor, 3) if floor else None, "met": ratio <= TARGET_P95_OVER_P50}
     return out
 
 
@@ -119,6 +124,9 @@ def plot_report(report: dict[str, Any], out: str) -> None:
 def summary(report: dict[str, Any]) -> str:
     lines = [f"model {report['model']}  max_tokens {report['max_tokens']}  batching ceiling "
              + "  ".join(f"N={n}: {x}x" for n, x in report["ceiling"].items())]
+    for mode, shapes in report.get("step_shapes", {}).items():  # one step of four sequences against each alone
+        lines.append(f"step of 4 sequences, {mode} batching: "
+                     + "  ".join(f"[{name}] {x}x" for name, x in shapes.items()))
     lines.append(f"{'column':<24}{'clients':>8}{'tok/s':>9}{'req/s':>8}{'p50 s':>8}{'p95 s':>8}{'ttft s':>8}"
                  f"{'valid':>8}")
     for name, rows in report["columns"].items():

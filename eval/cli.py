@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from toolace.cli_options import batching_option
 from toolace.edge import edge
 from toolace.limits import DEFAULT_N_CTX, IMATRIX_DEFAULT_LIMIT
 
@@ -57,10 +58,11 @@ def print_compare_table(report: dict[str, Any]) -> None:
 @click.option("--full-text", is_flag=True, help="Generate text answers to the end (slower, same scores).")
 @click.option("--compare", nargs=2, default=None, metavar="A B", help="Compare two GGUF quantizations instead.")
 @click.option("--parallel", type=int, default=1, show_default=True, help="Questions decoded together (slots).")
+@batching_option
 @edge
 def eval_cmd(model: str, data: str | None, categories: str, limit: int | None, json_out: str | None,
              tool_choice: str, max_tokens: int, full_text: bool, compare: tuple[str, str] | None,
-             parallel: int) -> None:
+             parallel: int, batching: str) -> None:
     """Score a model on any BFCL v4 category file (accuracy, validity, latency), or --compare A B for quantization
     agreement."""
     from toolace.eval.evaluate import compare as run_compare
@@ -72,7 +74,7 @@ def eval_cmd(model: str, data: str | None, categories: str, limit: int | None, j
     else:
         print_eval_table(evaluate(model, data=data, categories=categories, limit=limit, json_out=json_out,
                                   tool_choice=tool_choice, max_tokens=max_tokens, full_text=full_text,
-                                  parallel=parallel))
+                                  parallel=parallel, batching=batching))
 
 
 @click.group("bench", invoke_without_command=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from toolace.api import ToolACE
 from toolace.errors import InputError
-from toolace.limits import MAX_MAX_TOKENS
+from toolace.limits import DEFAULT_BATCHING, MAX_MAX_TOKENS
 from toolace.paths import atomic_output
 
 from . import quant_quality as quality
@@ -125,16 +125,17 @@ def check_max_tokens(max_tokens: int) -> None:
 def evaluate(model: str = "demo", data: str | None = None, categories: str = DEFAULT_CATEGORIES,
              limit: int | None = None, json_out: str | None = None, tool_choice: str = "category",
              max_tokens: int = EVAL_MAX_TOKENS, full_text: bool = False, progress: bool = True,
-             parallel: int = 1) -> dict[str, Any]:
+             parallel: int = 1, batching: str = DEFAULT_BATCHING) -> dict[str, Any]:
     """Run BFCL questions through `model`, score them with the AST checker, and report per category.
-    `limit` is per category (the first N questions of each). `parallel`: questions decoded together in slots."""
+    `limit` is per category (the first N questions of each). `parallel`: questions decoded together in slots,
+    `batching` exact or fast (docs/parallel.md)."""
     check_max_tokens(max_tokens)
     data = data if data is not None else default_data_dir()
     questions = select_questions(data, categories, limit)
     for q in questions:
         choice_for(q, tool_choice)
     # Every question has its own tool set: persisting each tool prompt's KV to disk would only cost writes.
-    ta = ToolACE.load(model, kv_cache=False, parallel=parallel)
+    ta = ToolACE.load(model, kv_cache=False, parallel=parallel, batching=batching)
     with ThreadPoolExecutor(parallel) as pool:  # one thread per slot; map keeps the questions' order
         rows = list(_progress(pool.map(lambda q: run_question(ta, q, choice_for(q, tool_choice), max_tokens, full_text),
                                        questions), "eval", progress, len(questions)))
@@ -142,7 +143,7 @@ def evaluate(model: str = "demo", data: str | None = None, categories: str = DEF
     per_cat = {c: summarize([r for r in rows if r["category"] == c]) for c in cats}
     accs = [s["accuracy"] for s in per_cat.values() if s["accuracy"] is not None]
     report = {"model": str(model), "model_file": str(ta.model.path), "data": str(data), "limit_per_category": limit,
-              "parallel": parallel,
+              "parallel": parallel, "batching": batching,
               "tool_choice": tool_choice,
               "tool_choice_note": "auto everywhere" if tool_choice == "auto" else
               "required in call categories, auto in irrelevance",

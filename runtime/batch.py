@@ -2,10 +2,11 @@
 (docs/parallel.md).
 
 Each request runs the ordinary decoding loop (runtime/generate.py) in its own thread on a `SlotModel`: the `Model`
-surface for one sequence. Its `eval` hands tokens to the shared `Batcher` and waits; one `llama_decode` carries the
-pending tokens of every active sequence, prompt chunks and next tokens alike (continuous batching: a request joins
-and leaves between steps). A step starts once every active sequence has submitted, or STEP_GATHER_SECONDS after the
-first did: a sequence late for a step is not waited for again until it submits."""
+surface for one sequence. Its `eval` hands tokens to the shared `Batcher` and waits; one step decodes the pending
+tokens of every active sequence, prompt chunks and next tokens alike (continuous batching: a request joins and leaves
+between steps): one `llama_decode` per length with a KV stream per slot (exact), one in all with a pool (fast).
+A step starts once every active sequence has submitted, or STEP_GATHER_SECONDS after the first did: a sequence
+late for a step is not waited for again until it submits."""
 
 from __future__ import annotations
 
@@ -22,11 +23,19 @@ import llama_cpp
 import numpy as np
 
 from toolace.errors import GenerationError, InputError, ModelFileError
-from toolace.limits import MAX_FAST_FORWARD_TOKENS, MAX_PARALLEL, SPEC_MAX_DRAFT_TOKENS, STEP_GATHER_SECONDS
+from toolace.limits import (
+    BATCHING_MODES,
+    MAX_FAST_FORWARD_TOKENS,
+    MAX_PARALLEL,
+    SPEC_MAX_DRAFT_TOKENS,
+    STEP_GATHER_SECONDS,
+)
 
 from .chunks import PREFILL_CHUNK, eval_in_chunks, reusable_prefix, whole_chunks
 from .kv_types import KV_TYPES
 from .model import Model, check_eval, check_prompt
+
+EXACT, FAST = BATCHING_MODES
 
 
 @dataclass
@@ -56,9 +65,10 @@ class Batcher:
     """The shared context and its slots. Slot bookkeeping and KV edits happen under `cond`, never during a
     decode; the decode itself runs outside the lock in whichever waiting thread starts the step."""
 
-    def __init__(self, model: Model, slots: int) -> None:
+    def __init__(self, model: Model, slots: int, batching: str = EXACT) -> None:
         check_parallel(slots)
-        self.model, self.n_slots = model, slots
+        check_batching(batching)
+        self.model, self.n_slots, self.batching = model, slots, batching
         self.n_ctx = model.n_ctx  # per slot: each slot has a KV stream of n_ctx cells (docs/parallel.md)
         # A step carries at most one prompt chunk, or one fast-forward run and a speculative draft, per sequence.
         self.share = max(PREFILL_CHUNK, MAX_FAST_FORWARD_TOKENS + SPEC_MAX_DRAFT_TOKENS)
@@ -67,10 +77,11 @@ class Batcher:
         params.n_ctx = self.n_ctx * slots
         params.n_batch = params.n_ubatch = self.batch_tokens
         params.n_seq_max = slots
-        # One KV stream per sequence, not a unified pool: a sequence's attention then runs over its own cells only,
-        # laid out as in a context of its own, so a greedy answer does not depend on what other slots hold (the
-        # server's reproducibility); a shared prefix is copied between streams (llama_memory_seq_cp).
-        params.kv_unified = False
+        # Exact: one KV stream per sequence, not a unified pool: a sequence's attention then runs over its own cells
+        # only, laid out as in a context of its own, so a greedy answer does not depend on what other slots hold (the
+        # server's reproducibility); a shared prefix is copied between streams (llama_memory_seq_cp). Fast: one pool,
+        # so a step of any lengths is one ubatch, and a sequence's cells lie where history put them.
+        params.kv_unified = batching == FAST
         # Attention as a context of its own computes it (Model: llama-cpp-python's default, no flash attention), so
         # a slot's greedy answer equals the one-request engine's; llama.cpp's auto flash attention changed 12% of calls.
         # A quantized K/V cache (--kv-type) needs flash attention: then the slots use it as Model does.
@@ -88,8 +99,12 @@ class Batcher:
         self.cond = threading.Condition()
         self.decoding = False
         self.pending: list[_Pending] = []
-        self.steps = 0  # llama_decode calls
+        self.steps = 0  # batching steps (each one or more llama_decode calls)
         self.max_sequences = 0  # most sequences seen in one step
+        self.decodes = 0  # llama_decode calls
+        self.decoded_tokens = 0  # tokens they carried
+        self.shared_decodes = 0  # ... of them carrying tokens of two or more sequences
+        self.max_sequences_per_decode = 0
         self.decode_seconds = 0.0  # in llama_decode (the rest of a step's wall time is the sequences' own work)
         model.lltokenizer()  # built once here, not raced for by the first requests
 
@@ -125,9 +140,11 @@ class Batcher:
     def state(self) -> dict[str, Any]:
         """What the server reports at /slots: each slot's occupancy and the batching counters."""
         with self.cond:
-            return {"parallel": self.n_slots, "n_ctx_per_slot": self.n_ctx, "steps": self.steps,
-                    "decode_seconds": round(self.decode_seconds, 3),
+            return {"parallel": self.n_slots, "batching": self.batching, "n_ctx_per_slot": self.n_ctx,
+                    "steps": self.steps, "decodes": self.decodes, "decoded_tokens": self.decoded_tokens,
+                    "shared_decodes": self.shared_decodes, "decode_seconds": round(self.decode_seconds, 3),
                     "max_sequences_per_step": self.max_sequences,
+                    "max_sequences_per_decode": self.max_sequences_per_decode,
                     "slots": [{"id": s.seq, "busy": s.busy, "n_tokens": len(s.tokens), "steps": s.steps,
                                "shared_steps": s.shared_steps, "joined_at_step": s.joined_at_step}
                               for s in self.slots]}
@@ -163,6 +180,8 @@ class Batcher:
                 self._truncate(s, best)
                 return best
             # Between KV streams llama.cpp copies whole buffers only: copy the other slot's, then cut it to the prefix.
+            # In one pool the copy adds to the slot's own cells instead: those go first.
+            self._truncate(s, 0)
             llama_cpp.llama_memory_seq_cp(self.mem, src.seq, s.seq, -1, -1)
             s.tokens, s.chunked = list(src.tokens), src.chunked
             self._truncate(s, best)
@@ -233,9 +252,10 @@ class Batcher:
         self.decoding = True
         self.cond.release()
         error: BaseException | None = None
+        decodes: list[tuple[int, int]] = []
         t0 = time.perf_counter()
         try:
-            self._decode(take)
+            decodes = self._decode(take)
         except BaseException as e:  # noqa: BLE001 - every sequence in the step gets it
             error = e
         finally:
@@ -244,6 +264,10 @@ class Batcher:
             self.decoding = False
             self.steps += 1
             self.max_sequences = max(self.max_sequences, len(take))
+            for tokens, sequences in decodes:
+                self.decodes, self.decoded_tokens = self.decodes + 1, self.decoded_tokens + tokens
+                self.shared_decodes += sequences > 1
+                self.max_sequences_per_decode = max(self.max_sequences_per_decode, sequences)
             for p in take:
                 p.done, p.error = True, error
                 if error is None:
@@ -253,17 +277,18 @@ class Batcher:
                     p.slot.joined_at_step = p.slot.joined_at_step or self.steps
             self.cond.notify_all()
 
-    def _decode(self, take: list[_Pending]) -> None:
-        """One llama_decode per run length: over per-sequence KV streams llama.cpp splits a batch into ubatches with
-        the same token count for every sequence, so a 64-token prompt chunk beside one-token steps would go one
-        token at a time."""
+    def _decode(self, take: list[_Pending]) -> list[tuple[int, int]]:
+        """Exact: one llama_decode per run length: over per-sequence KV streams llama.cpp splits a batch into
+        ubatches with the same token count for every sequence. Fast: one llama_decode (one ubatch) for the step.
+        Returns each decode's (tokens, sequences), for the counters."""
+        if self.batching == FAST:
+            return [self._decode_group(take)]
         groups: dict[int, list[_Pending]] = {}
         for p in take:
             groups.setdefault(len(p.tokens), []).append(p)
-        for group in groups.values():
-            self._decode_group(group)
+        return [self._decode_group(group) for group in groups.values()]
 
-    def _decode_group(self, take: list[_Pending]) -> None:
+    def _decode_group(self, take: list[_Pending]) -> tuple[int, int]:
         b = self.batch
         n = 0
         for p in take:
@@ -289,6 +314,7 @@ class Batcher:
             if p.slot.logits is None:
                 p.slot.logits = np.empty(self.model.n_vocab, dtype=np.float32)
             np.copyto(p.slot.logits, view)
+        return n, len(take)
 
 
 class SlotModel:
@@ -340,6 +366,12 @@ class SlotModel:
 
     def load_state(self, path: Path) -> bool:
         return self.batcher.load(self.slot, path)
+
+
+def check_batching(batching: str) -> str:
+    if batching not in BATCHING_MODES:
+        raise InputError(f"batching must be one of {', '.join(BATCHING_MODES)}, got {batching!r}")
+    return batching
 
 
 def check_parallel(parallel: int) -> int:

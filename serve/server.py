@@ -30,6 +30,7 @@ from toolace.errors import InputError
 from toolace.limits import (
     BODY_READ_SECONDS,
     COMPILE_THREADS,
+    DEFAULT_BATCHING,
     DEFAULT_MAX_QUEUE,
     DEFAULT_N_CTX,
     DEFAULT_REQUEST_TIMEOUT_SECONDS,
@@ -351,12 +352,14 @@ def serve(model: str = "demo", host: str = "127.0.0.1", port: int = 8000, api_ke
           request_timeout: float = DEFAULT_REQUEST_TIMEOUT_SECONDS, ready_file: str | None = None,
           parent_pid: int | None = None, kv_type: str = DEFAULT_KV_TYPE, cache_max_bytes: int | None = None,
           tools_file: str | None = None, functions_file: str | None = None, mcp_config: str | None = None,
-          yes: bool = False, call_timeout: float = TOOL_CALL_SECONDS, speculative: bool = DEFAULT_SPECULATIVE) -> None:
+          yes: bool = False, call_timeout: float = TOOL_CALL_SECONDS, speculative: bool = DEFAULT_SPECULATIVE,
+          batching: str = DEFAULT_BATCHING) -> None:
     """Load `model` and serve it until SIGTERM/Ctrl-C (or `parent_pid`'s exit). A non-loopback host needs an API
     key: `api_key`, else the first line of `api_key_file`, else $TOOLACE_API_KEY (a file or the environment keeps it
     out of `ps`). `port` 0 picks a free port; once ready, one JSON line `{"url", "pid", "model"}` is printed (and
     written to `ready_file`): docs/embedding.md. `aliases`: extra names /v1/models lists. `parallel`: requests
-    decoded together, n_ctx tokens each. `allowed_hosts`, `cors_origins`, `request_timeout`: see create_app.
+    decoded together, n_ctx tokens each; `batching`: exact or fast (docs/parallel.md). `allowed_hosts`,
+    `cors_origins`, `request_timeout`: see create_app.
     `tools_file`, `functions_file`, `mcp_config`: the tools the page's runs call (MCP servers start once, before the
     model loads, and close on exit); `yes`: run every call without asking (docs/page.md). `speculative`: the
     default for requests that do not say (`"speculative"` in a body; docs/speculative.md)."""
@@ -382,7 +385,8 @@ def serve(model: str = "demo", host: str = "127.0.0.1", port: int = 8000, api_ke
             for w in warnings:
                 print(f"warning: {w}", file=sys.stderr, flush=True)  # a tool left out: said once, at start
             ta = ToolACE.load(model, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, engine=engine, parallel=parallel,
-                              kv_type=kv_type, cache_max_bytes=cache_max_bytes, speculative=speculative)
+                              kv_type=kv_type, cache_max_bytes=cache_max_bytes, speculative=speculative,
+                              batching=batching)
             names = model_aliases(str(model), ta, aliases)
             app = create_app(ta, api_key=api_key, max_queue=max_queue, aliases=names, host=host,
                              allowed_hosts=allowed_hosts, cors_origins=cors_origins, request_timeout=request_timeout,

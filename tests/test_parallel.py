@@ -244,7 +244,7 @@ def test_parallel_bounds() -> None:
 
 def test_batching_ceiling_is_measured(pta: ToolACE) -> None:
     """`toolace bench serve`'s ceiling: one decode of N tokens against N decodes of one, on its own context."""
-    from toolace.eval.bench_serve import batching_ceiling
+    from toolace.eval.bench_batching import batching_ceiling
 
     ceiling = batching_ceiling(pta, levels=(1, 2, 4), steps=2)
     assert set(ceiling) == {"1", "2", "4"} and ceiling["1"] == 1.0

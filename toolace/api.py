@@ -20,7 +20,7 @@ from toolace.grammars.parser import CallParseError, StreamParser, looks_like_cal
 from toolace.grammars.schema import Tool
 from toolace.grammars.toolset import ToolSet, build_toolset
 from toolace.limits import DEFAULT_MAX_TOKENS, DEFAULT_N_CTX
-from toolace.runtime.batch import Batcher, SlotModel, check_parallel
+from toolace.runtime.batch import EXACT, Batcher, SlotModel, check_batching, check_parallel
 from toolace.runtime.cache import PromptCache, check_cache_max_bytes
 from toolace.runtime.constraints import DEFAULT_ENGINE, ENGINES, make_constraint
 from toolace.runtime.generate import CallGrammar, GenerationStats, generate
@@ -48,7 +48,7 @@ class ToolACE(ChatSurface):
 
     def __init__(self, model: Model, engine: str = DEFAULT_ENGINE, tool_role: str | None = None,
                  kv_cache: bool = True, parallel: int = 1, cache_max_bytes: int | None = None,
-                 speculative: bool = DEFAULT_SPECULATIVE) -> None:
+                 speculative: bool = DEFAULT_SPECULATIVE, batching: str = EXACT) -> None:
         if engine not in ENGINES:
             raise InputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.model, self.engine = model, engine
@@ -58,27 +58,29 @@ class ToolACE(ChatSurface):
         self.memory = CallMemory()
         self.cache = PromptCache(model, max_bytes=cache_max_bytes) if kv_cache else None
         self.lock = threading.Lock()
-        self.batcher = Batcher(model, parallel) if parallel > 1 or not model.own_context else None
+        self.batcher = Batcher(model, parallel, batching) if parallel > 1 or not model.own_context else None
         self.speculative = speculative  # the default of stream's `speculative` (`--no-speculative`)
 
     @classmethod
     def load(cls, model: str | Path = "demo", n_ctx: int = DEFAULT_N_CTX, n_gpu_layers: int | str = "auto",
              n_threads: int | None = None, engine: str = DEFAULT_ENGINE, tool_role: str | None = None,
              kv_cache: bool = True, parallel: int = 1, cache_max_bytes: int | None = None,
-             kv_type: str = DEFAULT_KV_TYPE, speculative: bool = DEFAULT_SPECULATIVE) -> ToolACE:
+             kv_type: str = DEFAULT_KV_TYPE, speculative: bool = DEFAULT_SPECULATIVE,
+             batching: str = EXACT) -> ToolACE:
         """Load a model reference (path, 'demo', or a pulled name). kv_cache persists tool-prompt KV to disk, in
         at most cache_max_bytes (None: DEFAULT_CACHE_TOKENS of this model's KV state; docs/design.md, "Caches").
         parallel: sequences decoded together (slots of n_ctx tokens each; docs/parallel.md). kv_type: f16, q8_0
         or q4_0 K/V cache (the quantized ones turn flash attention on). The model's memory at this context is
         checked against the machine's before llama.cpp allocates it (ResourceError; docs/models.md, "Memory").
-        speculative: the default of each call's `speculative` (docs/speculative.md)."""
-        check_parallel(parallel)
+        speculative: the default of each call's `speculative` (docs/speculative.md). batching: "exact" (a greedy
+        answer in a slot equals the same request alone) or "fast" (one KV pool, one decode a step; docs/parallel.md)."""
+        check_parallel(parallel), check_batching(batching)
         if cache_max_bytes is not None:
             check_cache_max_bytes(cache_max_bytes)  # before the model loads: a bad flag fails fast
         return cls(Model(resolve_model(model), n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
                          own_context=parallel == 1, kv_type=kv_type, kv_slots=parallel),
                    engine=engine, tool_role=tool_role, kv_cache=kv_cache, parallel=parallel,
-                   cache_max_bytes=cache_max_bytes, speculative=speculative)
+                   cache_max_bytes=cache_max_bytes, speculative=speculative, batching=batching)
 
     @classmethod
     def connect(cls, base_url: str, api_key: str | None = None, model: str | None = None) -> RemoteToolACE:

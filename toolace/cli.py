@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from toolace.cli_options import model_options, sampling_options
+from toolace.cli_options import batching_option, model_options, sampling_options
 from toolace.edge import edge
 from toolace.limits import (
     DEFAULT_MAX_QUEUE,
@@ -154,6 +154,7 @@ def grammar(tools_file: str, tool_choice: str, no_parallel: bool, check: str | N
               help="Another name /v1/models lists for the model (repeatable; any name is served anyway).")
 @click.option("--parallel", type=int, default=DEFAULT_SERVE_PARALLEL, show_default=True,
               help="Requests decoded together (slots of --n-ctx tokens each); 1 = one at a time.")
+@batching_option
 @click.option("--mcp", "mcp_config", default=None, type=click.Path(dir_okay=False),
               help='Tools the page runs: MCP config {"mcpServers": {name: {command, args, env, cwd}}}.')
 @click.option("--functions", "functions_file", default=None, type=click.Path(dir_okay=False),

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from toolace.limits import DEFAULT_MAX_TOKENS, DEFAULT_N_CTX
+from toolace.limits import BATCHING_MODES, DEFAULT_BATCHING, DEFAULT_MAX_TOKENS, DEFAULT_N_CTX
 from toolace.runtime.kv_types import DEFAULT_KV_TYPE, KV_TYPE_HELP, KV_TYPES
 from toolace.runtime.speculative import DEFAULT_SPECULATIVE
 
@@ -34,6 +34,12 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     ]):
         fn = opt(fn)
     return fn
+
+
+def batching_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--batching", type=click.Choice(BATCHING_MODES), default=DEFAULT_BATCHING, show_default=True,
+                        help="exact: each slot's greedy answer equals the same request alone; fast: one KV pool, "
+                             "one decode per step, answers may differ (docs/parallel.md).")(fn)
 
 
 def sampling_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -66,6 +66,10 @@ DEFAULT_SERVE_PARALLEL = 4  # `toolace serve` slots, as llama-server; each holds
 # Seconds a step waits for every active sequence to hand in its next tokens (sampling and grammar work between
 # decodes takes ~0.1-2 ms); one that misses it is not waited for again until it submits (a slow stream reader).
 STEP_GATHER_SECONDS = 0.01
+# exact: a KV stream per slot, so a greedy answer equals the same request alone; fast: one KV pool, one decode per
+# step, answers may differ from alone (docs/parallel.md, "Exact and fast batching").
+BATCHING_MODES = ("exact", "fast")
+DEFAULT_BATCHING = "exact"
 
 # --- HTTP server -----------------------------------------------------------------------------------------------------
 MAX_BODY_BYTES = 8 * 1024 * 1024  # bytes per request body; = MAX_TOOLS_FILE_BYTES, the largest legitimate tool list
