@@ -159,3 +159,25 @@ def test_a_bad_batching_flag_fails_before_loading(args: list[str], code: int, me
 
     res = CliRunner().invoke(main, args)
     assert res.exit_code == code and message in res.output, res.output
+
+
+def test_serve_batching_fast_reaches_the_slots(smollm2_gguf: Path) -> None:
+    """`toolace serve --batching fast` (a real server process): /slots reports the mode it decodes with."""
+    import json
+    import subprocess
+    import sys
+
+    import httpx
+
+    toolace = str(Path(sys.executable).parent / "toolace")
+    proc = subprocess.Popen([toolace, "serve", "--model", str(smollm2_gguf), "--port", "0", "--n-ctx", "512",
+                             "--parallel", "2", "--batching", "fast"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, f"no ready line (exit {proc.poll()})"
+        slots = httpx.get(json.loads(line)["url"] + "/slots", timeout=TIMEOUT).json()
+        assert (slots["batching"], slots["parallel"], slots["decodes"]) == (FAST, 2, 0)
+    finally:
+        proc.terminate()
+        proc.wait(TIMEOUT)
