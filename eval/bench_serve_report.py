@@ -136,5 +136,7 @@ def summary(report: dict[str, Any]) -> str:
                          f"{r['latency_p50_s']:>8.2f}{r['latency_p95_s']:>8.2f}{ttft:>8}{100 * r['validity']:>7.0f}%")
     for name, t in report.get("targets", {}).items():
         if isinstance(t, dict):
-            lines.append(f"target {name}: {t['measured']} (needed {t['needed']}): {'met' if t['met'] else 'missed'}")
+            floor = f", floor {t['floor']}" if t.get("floor") else ""  # the least any batching could reach
+            lines.append(f"target {name}: {t['measured']} (needed {t['needed']}{floor}): "
+                         f"{'met' if t['met'] else 'missed'}")
     return "\n".join(lines)

@@ -66,6 +66,7 @@ def test_targets_without_columns_and_plot(tmp_path: Path) -> None:
     assert "vs_llama_server_4" not in got and got["scaling_4"]["met"]
     report["targets"] = got
     assert "target scaling_4: 1.6 (needed 1.6): met" in summary(report)
+    assert "target p95_4_over_p50_1: 2.5 (needed 2.5, floor 2.0): met" in summary(report)
     out = tmp_path / "serve.png"
     plot_report(report, str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in tmp_path.iterdir()] == ["serve.png"]
