@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--shard", default=None, help="K/N: every N-th question from the K-th")
     parser.add_argument("--merge", nargs="+", default=None, help="shard files to join into --json")
     parser.add_argument("--resume", action="store_true", help="keep what --json already holds (same engine)")
+    parser.add_argument("--seed", default=None, help="with --resume and no --json file yet: start from this merged "
+                        "report's answers to this shard's questions (same engine)")
     args = parser.parse_args()
     out = Path(args.json or REPO / "bench" / "results" / f"speculative_equality_{Path(args.model).stem}.json")
     if args.merge:
@@ -110,11 +112,14 @@ def main() -> None:
         questions = questions[k::n]
     rows: list[dict[str, Any]] = []
     engine, spent = engine_hash(), 0
-    if args.resume and out.exists():
-        old = json.loads(out.read_text())
+    source = out if out.exists() else Path(args.seed) if args.seed else None
+    if args.resume and source is not None:
+        old = json.loads(source.read_text())
         if old.get("engine_hash") != engine:
-            raise SystemExit(f"{out} was answered by another engine ({old.get('engine_hash')}, now {engine})")
-        rows, spent = old["questions"], old["seconds"]
+            raise SystemExit(f"{source} was answered by another engine ({old.get('engine_hash')}, now {engine})")
+        mine = {q.id for q in questions}  # a seed (a merged report) also holds the other shards' questions
+        rows = [r for r in old["questions"] if r["id"] in mine]
+        spent = old["seconds"] if source == out else 0
         done = {r["id"] for r in rows}
         questions = [q for q in questions if q.id not in done]
     start = time.monotonic() - spent
