@@ -13,6 +13,15 @@ from toolace.limits import BATCHING_MODES
 LEVELS = (1, 2, 4, 8)
 
 
+def fill(batcher: Any, tokens: list[int], slots: slice = slice(None)) -> None:
+    """Decode `tokens` as the prompt of each of the batcher's slots (in `slots`), one sequence at a time."""
+    from toolace.runtime.batch import _Pending
+
+    for s in batcher.slots[slots]:
+        batcher._decode([_Pending(s, tokens)])
+        s.tokens += tokens
+
+
 def batching_ceiling(ta: ToolACE, levels: tuple[int, ...] = LEVELS, steps: int = 16) -> dict[str, float]:
     """Throughput of one llama_decode carrying N tokens (one per sequence) over N one-token decodes, same model:
     what batching can gain on this machine at most."""
@@ -20,9 +29,7 @@ def batching_ceiling(ta: ToolACE, levels: tuple[int, ...] = LEVELS, steps: int =
 
     batcher = Batcher(ta.model, max(levels))
     try:
-        for s in batcher.slots:
-            batcher._decode([_Pending(s, list(range(1, 33)))])  # a short prompt in every sequence
-            s.tokens += list(range(1, 33))
+        fill(batcher, list(range(1, 33)))  # a short prompt in every sequence
 
         def timed(n: int) -> float:
             t0 = time.perf_counter()
@@ -62,15 +69,13 @@ def _time_groups(batcher: Any, groups: list[list[int]], lens: tuple[int, ...], r
 def step_shapes(ta: ToolACE, reps: int = 8) -> dict[str, dict[str, float]]:
     """Per batching mode and step shape: the four sequences' submissions decoded as one step over the same decoded
     one sequence at a time (each alone), throughput ratio; >1: the step batched."""
-    from toolace.runtime.batch import Batcher, _Pending
+    from toolace.runtime.batch import Batcher
 
     out: dict[str, dict[str, float]] = {}
     for mode in BATCHING_MODES:
         batcher = Batcher(ta.model, 4, mode)
         try:
-            for s in batcher.slots:
-                batcher._decode([_Pending(s, list(range(100, 100 + SHAPE_CONTEXT)))])
-                s.tokens += list(range(100, 100 + SHAPE_CONTEXT))
+            fill(batcher, list(range(100, 100 + SHAPE_CONTEXT)))
             out[mode] = {name: round(_time_groups(batcher, [[0], [1], [2], [3]], lens, reps)
                                      / _time_groups(batcher, [[0, 1, 2, 3]], lens, reps), 3)
                          for name, lens in STEP_SHAPES.items()}

@@ -15,6 +15,7 @@ import pytest
 
 from toolace.api import ToolACE
 from toolace.errors import InputError
+from toolace.eval.bench_batching import fill
 from toolace.runtime.batch import EXACT, FAST, Batcher, SlotModel
 
 TIMEOUT = 120
@@ -57,15 +58,7 @@ def _one_step(batcher: Batcher, work: list[list[int]]) -> dict[str, int]:
 
 def _prefilled(batcher: Batcher) -> None:
     """Slots 2 and 3 already hold a prompt: their next submissions are one sampled token each."""
-    for s in batcher.slots[2:]:
-        batcher._decode([_pending(s, PROMPT)])
-        s.tokens += PROMPT
-
-
-def _pending(slot: Any, tokens: list[int]) -> Any:
-    from toolace.runtime.batch import _Pending
-
-    return _Pending(slot, list(tokens))
+    fill(batcher, PROMPT, slice(2, None))
 
 
 # (mode, submissions of slots 0-3) -> counters' growth for the one step. Two requests prefill a 64-token chunk,
