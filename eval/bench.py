@@ -67,8 +67,13 @@ def _big_toolset(ta: Any, data: Path | None, target: int) -> list[dict[str, Any]
 
 
 def _decode(model: Model, prompt: list[int], gbnf: str | None, engine: str, max_tokens: int,
-            fast_forward: bool, speculative: bool = False) -> GenerationStats:
-    model.reset()
+            fast_forward: bool, speculative: bool = False, warm: int = 0) -> GenerationStats:
+    """One greedy generation. `warm`: the KV cache holds the prompt's first `warm` tokens before the clock starts
+    (the tool list cached by an earlier call with other messages), else it starts empty."""
+    if warm:
+        model.prefill(prompt[:warm])
+    else:
+        model.reset()
     st = GenerationStats()
     constraint = make_constraint(engine, model, gbnf) if gbnf else None
     for _ in generate(model, prompt, constraint=constraint, sampling=GREEDY, max_tokens=max_tokens,
@@ -160,7 +165,9 @@ def bench(model: str = "demo", data: str | None = None, json_out: str | None = N
         report.setdefault("outputs", {})[engine] = [s.completion_tokens for s in stats]
     report["grammar_ms_per_token"]["llama_cpp_python_default"] = _baseline_grammar_path(m, prompt, gbnf, max_tokens)
 
-    report["e2e_call"], report["speculation"] = _e2e(ta, prompt, gbnf, max_tokens, runs)
+    other = ta.prompt_tokens([{"role": "user", "content": "hi"}], toolset.tools)
+    tools_prefix = next(i for i, (a, b) in enumerate(zip([*prompt, -1], [*other, -2], strict=False)) if a != b)
+    report["e2e_call"], report["speculation"] = _e2e(ta, prompt, gbnf, max_tokens, runs, tools_prefix)
     report["ttft"] = _ttft(path, data_dir, n_ctx, runs)
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if json_out:
@@ -171,43 +178,63 @@ def bench(model: str = "demo", data: str | None = None, json_out: str | None = N
     return report
 
 
-def _e2e(ta: Any, prompt: list[int], gbnf: str, max_tokens: int, runs: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def _e2e(ta: Any, prompt: list[int], gbnf: str, max_tokens: int, runs: int,
+         tools_prefix: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """One BFCL call end to end (same prompt, greedy): unconstrained, constrained with fast-forward, and with
     speculation too, interleaved so the three see the same machine; time with the prompt's prefill and decode
-    alone (the prefill is the same work for all three). Then prose (nothing to copy) with speculation ÷ without."""
+    alone (the prefill is the same work for all three). Cold (empty cache) and warm (the tool list, the prompt's
+    first `tools_prefix` tokens, cached as by an earlier call: only the question and the chunk it starts in are
+    evaluated). Then prose (nothing to copy) with speculation ÷ without."""
     m = ta.model
-    free, ff, spec = [], [], []
-    for _ in range(runs):
-        free.append(_decode(m, prompt, None, "llguidance", max_tokens, False))
-        ff.append(_decode(m, prompt, gbnf, "llguidance", max_tokens, True))
-        spec.append(_decode(m, prompt, gbnf, "llguidance", max_tokens, True, speculative=True))
-
-    def total(stats: list[GenerationStats]) -> float:
-        return statistics.median(s.prefill_seconds + s.decode_seconds for s in stats)
-
-    def decode(stats: list[GenerationStats]) -> float:
-        return statistics.median(s.decode_seconds for s in stats)
-
-    t_free, d_free = total(free), decode(free)
-    e2e = {"free_seconds": t_free, "constrained_ff_seconds": total(ff), "ratio": total(ff) / t_free,
-           "decode_ratio": decode(ff) / d_free, "prefill_share": 1 - d_free / t_free,
-           "free_tokens": free[0].completion_tokens, "ff_tokens": ff[0].completion_tokens,
-           "forced_share": ff[0].forced_tokens / max(1, ff[0].completion_tokens)}
+    cold = _e2e_runs(m, prompt, gbnf, max_tokens, runs, 0)
+    warm = _e2e_runs(m, prompt, gbnf, max_tokens, runs, tools_prefix)
+    free, ff, spec = cold
+    e2e = {**_ratios(free, ff), "free_tokens": free[0].completion_tokens, "ff_tokens": ff[0].completion_tokens,
+           "forced_share": ff[0].forced_tokens / max(1, ff[0].completion_tokens),
+           "warm": {**_ratios(warm[0], warm[1]), "tools_prefix_tokens": tools_prefix,
+                    "evaluated_prompt_tokens": len(prompt) - warm[0][0].reused_tokens,
+                    "spec_ratio": _total(warm[2]) / _total(warm[0])}}
     prose_prompt = ta.prompt_tokens(PROSE_MESSAGES, None)
     plain_prose, spec_prose = [], []
     for _ in range(runs):
         plain_prose.append(_decode(m, prose_prompt, None, "llguidance", 4 * max_tokens, False))
         spec_prose.append(_decode(m, prose_prompt, None, "llguidance", 4 * max_tokens, False, speculative=True))
-    t_plain, t_prose = decode(plain_prose), decode(spec_prose)
+    t_plain, t_prose, d_free = _decode_s(plain_prose), _decode_s(spec_prose), _decode_s(free)
     s0, p0 = spec[0], spec_prose[0]
-    return e2e, {"ran": s0.speculative, "constrained_ff_spec_seconds": total(spec), "ratio": total(spec) / t_free,
-                 "decode_ratio": decode(spec) / d_free, "tokens": s0.completion_tokens,
+    return e2e, {"ran": s0.speculative, "constrained_ff_spec_seconds": _total(spec),
+                 "ratio": _total(spec) / _total(free),
+                 "decode_ratio": _decode_s(spec) / d_free, "tokens": s0.completion_tokens,
                  "decodes": s0.decodes, "tokens_per_decode": s0.completion_tokens / max(1, s0.decodes),
                  "drafted": s0.drafted_tokens, "accepted": s0.accepted_drafts,
                  "acceptance_rate": s0.accepted_drafts / max(1, s0.drafted_tokens),
                  "prose": {"tokens": p0.completion_tokens, "plain_seconds": t_plain, "spec_seconds": t_prose,
                            "slowdown": t_prose / t_plain - 1, "drafted": p0.drafted_tokens,
                            "accepted": p0.accepted_drafts}}
+
+
+def _e2e_runs(m: Model, prompt: list[int], gbnf: str, max_tokens: int, runs: int,
+              warm: int) -> tuple[list[GenerationStats], ...]:
+    """`runs` each of free, constrained + fast-forward, and + speculation, interleaved."""
+    free, ff, spec = [], [], []
+    for _ in range(runs):
+        free.append(_decode(m, prompt, None, "llguidance", max_tokens, False, warm=warm))
+        ff.append(_decode(m, prompt, gbnf, "llguidance", max_tokens, True, warm=warm))
+        spec.append(_decode(m, prompt, gbnf, "llguidance", max_tokens, True, speculative=True, warm=warm))
+    return free, ff, spec
+
+
+def _total(stats: list[GenerationStats]) -> float:
+    return statistics.median(s.prefill_seconds + s.decode_seconds for s in stats)
+
+
+def _decode_s(stats: list[GenerationStats]) -> float:
+    return statistics.median(s.decode_seconds for s in stats)
+
+
+def _ratios(free: list[GenerationStats], ff: list[GenerationStats]) -> dict[str, float]:
+    t_free, d_free = _total(free), _decode_s(free)
+    return {"free_seconds": t_free, "constrained_ff_seconds": _total(ff), "ratio": _total(ff) / t_free,
+            "decode_ratio": _decode_s(ff) / d_free, "prefill_share": 1 - d_free / t_free}
 
 
 def _ttft(path: Path, data: Path | None, n_ctx: int, runs: int) -> dict[str, Any]:
@@ -298,6 +325,9 @@ def summary(report: dict[str, Any]) -> str:
               f"{report['runtime_over_raw']:.3f})",
               f"e2e BFCL call constrained+ff / free: {e2e['ratio']:.3f}, decode alone {e2e['decode_ratio']:.3f} "
               f"(forced share {e2e['forced_share']:.0%}; prefill {e2e['prefill_share']:.0%} of the free call)",
+              f"e2e warm (tool list cached, {e2e['warm']['evaluated_prompt_tokens']} prompt tokens evaluated): "
+              f"constrained+ff / free {e2e['warm']['ratio']:.3f}, +speculation {e2e['warm']['spec_ratio']:.3f} "
+              f"(prefill {e2e['warm']['prefill_share']:.0%} of the free call)",
               f"e2e BFCL call constrained+ff+speculation / free: {sp['ratio']:.3f}, decode alone "
               f"{sp['decode_ratio']:.3f} (acceptance {sp['acceptance_rate']:.0%}, {sp['tokens_per_decode']:.2f} "
               f"tokens per decode); prose with speculation {sp['prose']['slowdown']:+.1%}" if sp["ran"] else

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from tests.conftest import EXAMPLES
 from toolace.cli import main
+from toolace.runtime.chunks import PREFILL_CHUNK
 
 WEATHER = str(EXAMPLES / "weather.json")
 
@@ -97,6 +98,10 @@ def test_bench_runs_every_figure_and_writes_json_and_png(smollm2_gguf: Path, bfc
     assert report["decode_tok_per_s"]["raw_llama_cpp"]["median"] > 0 and report["runtime_over_raw"] > 0
     assert report["grammar_ms_per_token"]["llama_cpp_python_default"]["grammar"]["tokens"] >= 1
     assert report["e2e_call"]["ratio"] > 0 and report["ttft"]["tool_prompt_tokens"] >= 2000
+    warm = report["e2e_call"]["warm"]  # the tool list cached: the question and its chunk evaluated, no more
+    question = report["prompt_tokens"] - warm["tools_prefix_tokens"]
+    assert 0 < warm["evaluated_prompt_tokens"] <= question + PREFILL_CHUNK - 1
+    assert warm["evaluated_prompt_tokens"] < report["prompt_tokens"] and warm["ratio"] > 0
     assert report["ttft"]["warm_over_cold"] < 1 and report["peak_rss_mb"] > 0
     sp = report["speculation"]  # a decode carries one token or more; prose measured both ways
     assert sp["ratio"] > 0 and sp["tokens_per_decode"] >= 1 and sp["decodes"] <= sp["tokens"]
