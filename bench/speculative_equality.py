@@ -12,7 +12,9 @@ On a machine with several cores, `--shard K/N` answers every N-th question from 
 process per core, `taskset` pinned: two llama.cpp processes sharing cores slow each other), and `--merge` joins
 the shards' files into the one result. `--resume` keeps the questions a file already answered, when the engine
 (toolace's runtime and grammars sources and the llama.cpp build, `engine_hash`) is the same; so a long run can
-be continued in another session."""
+be continued in another session. `--retime` (with `--resume`) first answers again the questions whose times
+count a pause (a run stopped to measure something else alone), keeping the new times where the answers equal the
+stored ones and listing the ids where they do not."""
 
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ from toolace.paths import atomic_output
 
 REPO = Path(__file__).resolve().parent.parent
 OFF_PATH = {"batch.py"}  # the parallel slots: one question at a time in one context never reaches them
+# Seconds per decode above which an answer's time counts a pause, not decoding: a decode here takes 10-40 ms, and
+# a run stopped (SIGSTOP) to measure something else alone kept its clock going. `--retime` answers those again.
+PAUSED_SECONDS_PER_DECODE = 0.25
 
 
 def answer(ta: ToolACE, q: Any, max_tokens: int, speculative: bool) -> dict[str, Any]:
@@ -50,7 +55,29 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "decodes_off": sum(r["off"]["decodes"] for r in rows), "decodes_on": sum(o["decodes"] for o in on),
             "drafted": sum(o["drafted"] for o in on), "accepted": sum(o["accepted"] for o in on),
             "decode_seconds_off": round(sum(r["off"]["seconds"] for r in rows), 2),
-            "decode_seconds_on": round(sum(o["seconds"] for o in on), 2)}
+            "decode_seconds_on": round(sum(o["seconds"] for o in on), 2),
+            "paused": sum(paused(r) for r in rows)}  # rows whose seconds count a pause (see --retime)
+
+
+def paused(row: dict[str, Any]) -> bool:
+    return any(row[k]["seconds"] > PAUSED_SECONDS_PER_DECODE * max(1, row[k]["decodes"]) for k in ("off", "on"))
+
+
+def retime(ta: ToolACE, questions: list[Any], rows: list[dict[str, Any]], max_tokens: int) -> list[str]:
+    """Answer the paused rows' questions again and keep the new times where the new answers equal the stored ones
+    (a second determinism check); returns the ids whose answers differ (kept as they were, to be looked at)."""
+    by_id = {q.id: q for q in questions}
+    differ = []
+    for i, row in enumerate(rows):
+        if row["id"] not in by_id or not paused(row):
+            continue
+        again = {"id": row["id"], "off": answer(ta, by_id[row["id"]], max_tokens, False),
+                 "on": answer(ta, by_id[row["id"]], max_tokens, True)}
+        if all(again[k][f] == row[k][f] for k in ("off", "on") for f in ("raw", "calls", "tokens", "decodes")):
+            rows[i] = again
+        else:
+            differ.append(row["id"])
+    return differ
 
 
 def engine_hash() -> str:
@@ -81,6 +108,10 @@ def merge(out: Path, parts: list[str]) -> dict[str, Any]:
     rows = sorted((r for rep in reports for r in rep["questions"]), key=lambda r: order[r["id"]])
     report = {**reports[0], "shards": len(reports), "seconds": max(rep["seconds"] for rep in reports),
               "summary": summary(rows), "questions": rows}
+    differ = sorted({i for rep in reports for i in rep.get("retime_differ", [])})
+    report.pop("retime_differ", None)
+    if differ:
+        report = {**report, "retime_differ": differ}
     write(out, report)
     return report
 
@@ -98,6 +129,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="keep what --json already holds (same engine)")
     parser.add_argument("--seed", default=None, help="with --resume and no --json file yet: start from this merged "
                         "report's answers to this shard's questions (same engine)")
+    parser.add_argument("--retime", action="store_true", help="with --resume: first answer again the questions "
+                        "whose times count a pause, keeping the new times where the answers are the same")
     args = parser.parse_args()
     out = Path(args.json or REPO / "bench" / "results" / f"speculative_equality_{Path(args.model).stem}.json")
     if args.merge:
@@ -120,16 +153,26 @@ def main() -> None:
         mine = {q.id for q in questions}  # a seed (a merged report) also holds the other shards' questions
         rows = [r for r in old["questions"] if r["id"] in mine]
         spent = old["seconds"] if source == out else 0
-        done = {r["id"] for r in rows}
-        questions = [q for q in questions if q.id not in done]
     start = time.monotonic() - spent
-    for q in questions:
+    extra = {"retime_differ": old["retime_differ"]} if args.resume and source and "retime_differ" in old else {}
+
+    def save() -> None:
+        write(out, {"model": args.model, "data": args.data, "engine_hash": engine,
+                    "decoding": "greedy, tool_choice auto", "max_tokens": args.max_tokens,
+                    "seconds": round(time.monotonic() - start), "summary": summary(rows), **extra,
+                    "questions": rows})
+
+    if args.retime:
+        differ = retime(ta, questions, rows, args.max_tokens)
+        if differ:
+            extra["retime_differ"] = sorted({*extra.get("retime_differ", []), *differ})
+        save()
+        print(f"retimed; answers differing from the stored ones: {differ or 'none'}", flush=True)
+    done = {r["id"] for r in rows}
+    for q in (q for q in questions if q.id not in done):
         rows.append({"id": q.id, "off": answer(ta, q, args.max_tokens, False),
                      "on": answer(ta, q, args.max_tokens, True)})
-        report = {"model": args.model, "data": args.data, "engine_hash": engine, "decoding": "greedy, tool_choice auto",
-                  "max_tokens": args.max_tokens, "seconds": round(time.monotonic() - start),
-                  "summary": summary(rows), "questions": rows}
-        write(out, report)
+        save()
     print(json.dumps(summary(rows), indent=1))
 
 
