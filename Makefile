@@ -80,8 +80,9 @@ demo: install fixtures
 test: install fixtures
 	$(BIN)/python -m pytest -q -m "not slow and not speculative"
 
-# The long real-model suites (the page's server, imatrix, validity sampling, the short soak, adversarial sampling):
-# kept out of make test's 15 minutes on 2 cores, called by .ci/run.
+# The long real-model suites (the page's server, imatrix, validity sampling, the short soak, adversarial sampling)
+# and the heaviest single tests (each marked slow, with its time): kept out of make test's 15 minutes on 2 cores,
+# called by .ci/run.
 test-slow: install fixtures
 	$(BIN)/python -m pytest -q -m slow
 

@@ -54,6 +54,7 @@ def _mutations(calls: list[dict[str, Any]], cg: CompiledGrammar) -> dict[str, li
     return out
 
 
+@pytest.mark.slow  # every BFCL ground truth and its variants (~17 s): make test-slow
 def test_ground_truth_in_language_and_variants_not(compiled: list[tuple[Question, CompiledGrammar]]) -> None:
     checked = quirks = rejected = 0
     for q, cg in compiled:

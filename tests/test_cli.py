@@ -85,6 +85,7 @@ def test_bench_convert_bad_flags_exit_2(tiny_llama_dir: Path, args: list[str], m
     assert res.exit_code == 2 and res.output.startswith("Error: ") and message in res.output, res.output
 
 
+@pytest.mark.slow  # the whole runtime benchmark, once (~30 s): make test-slow
 def test_bench_runs_every_figure_and_writes_json_and_png(smollm2_gguf: Path, bfcl_dir: Path, tmp_path: Path) -> None:
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     res = CliRunner().invoke(main, ["bench", "--model", str(smollm2_gguf), "--data", str(bfcl_dir), "--runs", "1",

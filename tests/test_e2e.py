@@ -52,6 +52,7 @@ def test_engines_and_fast_forward_agree_under_greedy(ta: ToolACE) -> None:
     assert len(set(outs.values())) == 1, outs
 
 
+@pytest.mark.slow  # both grammar engines over a BFCL sample (~40 s): make test-slow
 def test_engines_agree_on_bfcl_sample(smollm2_gguf: Path, bfcl_dir: Path) -> None:
     """Both engines produce valid calls and agree token for token: forced text is split canonically by both.
     Each run prefills from scratch: reusing a prefix evaluates the last prompt token in a smaller batch, which

@@ -43,6 +43,7 @@ def test_paused_rows_table(eq: ModuleType) -> None:
         assert eq.paused(_row(off, on)) is want, (off, on)
 
 
+@pytest.mark.slow  # six real answers for a bench script's bookkeeping (~13 s): make test-slow
 def test_retime_keeps_new_times_only_for_the_same_answers(eq: ModuleType, smollm2_gguf: Path,
                                                           bfcl_dir: Path) -> None:
     ta = ToolACE.load(str(smollm2_gguf), n_ctx=4096, n_threads=2)

@@ -192,6 +192,7 @@ def test_disconnect_mid_stream_leaves_others_untouched(pserver: Server) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # a thousand requests through the slots (~80 s): make test-slow
 def test_thousand_ids_distinct(pserver: Server) -> None:
     """The same call a thousand times over conversations decoded four at a time: every id differs (ids are random,
     not a hash of the output). "]" is banned so each answer holds many calls (the budget guard closes the list)."""

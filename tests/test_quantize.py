@@ -58,6 +58,7 @@ def _greedy(path: Path, n: int = 3) -> list[int]:
         llm.close()
 
 
+@pytest.mark.slow  # every quant type made, loaded and run (~80 s): make test-slow
 def test_every_quant_type_loads_and_generates(tmp_path: Path, tiny_f16: Path, imatrices: dict[str, Path]) -> None:
     made = {}
     for name, qt in QUANT_TYPES.items():

@@ -249,6 +249,7 @@ def _huge_tools(n_tools: int, n_values: int) -> list[dict[str, Any]]:
         for i in range(n_tools)]
 
 
+@pytest.mark.slow  # compiles a large tool list while probing the server (~20 s): make test-slow
 def test_compilation_runs_off_the_event_loop(server: Server) -> None:
     """While a huge tool set compiles, /health answers and says so (before, the loop was blocked until the compile
     ended, so no /health could ever report one in progress)."""

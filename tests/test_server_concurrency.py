@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
+import pytest
 
 from tests.helpers.server import (
     KEY,
@@ -20,6 +21,7 @@ from tests.helpers.server import (
 from toolace.limits import RETRY_AFTER_SECONDS
 
 
+@pytest.mark.slow  # many concurrent clients on one server (~30 s): make test-slow
 def test_concurrent_clients_do_not_mix(server: Server) -> None:
     def client_run(i: int) -> list[str]:
         client = server.client()

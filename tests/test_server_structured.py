@@ -27,6 +27,7 @@ def _structured(server: Server, schema: dict[str, Any], question: str, **kw: Any
 PLANNER_CANNOT_CLOSE = {"pattern unanchored"}
 
 
+@pytest.mark.slow  # the whole structured-output schema table through a server (~35 s): make test-slow
 def test_schema_table_parses_and_validates(server: Server) -> None:
     """Every keyword schema of the call grammar's table, as a response schema: 100% parse and validate."""
     outcomes = {}
