@@ -326,8 +326,9 @@ def summary(report: dict[str, Any]) -> str:
               f"e2e BFCL call constrained+ff / free: {e2e['ratio']:.3f}, decode alone {e2e['decode_ratio']:.3f} "
               f"(forced share {e2e['forced_share']:.0%}; prefill {e2e['prefill_share']:.0%} of the free call)",
               f"e2e warm (tool list cached, {e2e['warm']['evaluated_prompt_tokens']} prompt tokens evaluated): "
-              f"constrained+ff / free {e2e['warm']['ratio']:.3f}, +speculation {e2e['warm']['spec_ratio']:.3f} "
-              f"(prefill {e2e['warm']['prefill_share']:.0%} of the free call)",
+              f"constrained+ff / free {e2e['warm']['ratio']:.3f}"
+              + (f", +speculation {e2e['warm']['spec_ratio']:.3f}" if sp["ran"] else "")
+              + f" (prefill {e2e['warm']['prefill_share']:.0%} of the free call)",
               f"e2e BFCL call constrained+ff+speculation / free: {sp['ratio']:.3f}, decode alone "
               f"{sp['decode_ratio']:.3f} (acceptance {sp['acceptance_rate']:.0%}, {sp['tokens_per_decode']:.2f} "
               f"tokens per decode); prose with speculation {sp['prose']['slowdown']:+.1%}" if sp["ran"] else
