@@ -131,6 +131,7 @@ def test_fast_slots_answer_validly_and_share_whole_steps(smollm2_gguf: Path) -> 
         ta.batcher.close()
 
 
+@pytest.mark.slow  # a benchmark's step shapes, both modes (~16 s): make test-slow
 def test_step_shapes_are_measured_in_both_modes(smollm2_gguf: Path) -> None:
     """`toolace bench serve`'s step shapes: each mode's step of four sequences against the four alone."""
     from toolace.eval.bench_batching import STEP_SHAPES, step_shapes

@@ -121,6 +121,7 @@ def test_requantized_to_q4_1_is_the_original(tmp_path: Path, smollm2_gguf: Path,
         llm.close()
 
 
+@pytest.mark.slow  # converts SmolLM2 and compares greedy text (~13 s): make test-slow
 def test_q8_0_greedy_is_the_originals_at_q8_0(tmp_path: Path, smollm2_gguf: Path,
                                               original_greedy: list[tuple[list[int], list[int]]]) -> None:
     """Acceptance 2: the checkpoint transformers' GGUF loader makes (F32, its default) converts back at Q8_0 to the
